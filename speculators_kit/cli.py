@@ -1,0 +1,173 @@
+"""`speckit <subcommand>`: parse arguments, validate, call the sub-package. User errors print
+one line (no traceback unless --debug) and exit 1; stages not built yet exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from speculators_kit.core.errors import SpecKitError
+
+PENDING = {
+    "datagen": "dump target hidden states to a store (datagen issue)",
+    "train": "train a draft head with DeepSpeed (train issue)",
+    "convert": "import EAGLE / EAGLE-3 / HASS / speculators checkpoints (convert issue)",
+    "eval": "measure tau and speedup in vLLM (eval issue)",
+    "quickstart": "the whole pipeline on the embedded target (eval & quickstart issue)",
+    "inspect": "summarise a hidden-state store (datagen issue)",
+}
+
+
+def cmd_target(args) -> int:
+    from speculators_kit.target.embedded import prepare
+
+    print(prepare(args.name, args.out))
+    return 0
+
+
+def cmd_draft(args) -> int:
+    from speculators_kit.core.build import draft_config_for_target, init_draft
+    from speculators_kit.core.config import MoESpec
+    from speculators_kit.core.format import save_draft
+    from speculators_kit.target.embedded import resolve_target
+
+    target = resolve_target(args.target)
+    moe = MoESpec(num_experts=args.experts, top_k=args.top_k) if args.experts is not None else None
+    provenance = {"created_by": "speckit draft init", "init": args.init, "seed": args.seed,
+                  "target": args.target}
+    cfg = draft_config_for_target(target, args.arch, args.layers, args.draft_vocab_size,
+                                  args.aux_layers, args.k, moe, provenance)
+    head = init_draft(cfg, target, args.init, args.seed)
+    print(save_draft(head, args.out, target_dir=target, overwrite=args.overwrite))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from speculators_kit.api import SpeculativeModel
+    from speculators_kit.schema import GenerateConfig, load_config
+
+    if args.config:
+        cfg = load_config(args.config, "generate", args.set)
+    else:
+        if not (args.draft and args.prompt):
+            raise SpecKitError("generate needs --draft and --prompt (or --config FILE)")
+        cfg = GenerateConfig.model_validate({
+            "target": {"path": args.target}, "draft": {"path": args.draft}, "prompts": args.prompt,
+            "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+                         "max_new_tokens": args.max_new_tokens, "seed": args.seed,
+                         "num_speculative_tokens": args.k},
+        })
+    model = SpeculativeModel.from_pretrained(cfg.target.path, cfg.draft.path)
+    s = cfg.sampling
+    for prompt in cfg.prompts:
+        result = model.generate(prompt, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                top_p=s.top_p, top_k=s.top_k, num_speculative_tokens=s.num_speculative_tokens,
+                                seed=s.seed)
+        print(result.text)
+        stats = result.stats
+        print(f"[tau {stats['tau']:.2f} | {stats['num_drafts']} drafts of k={stats['k']} | "
+              f"accepted per position {stats['accepted_per_position']} | "
+              f"{stats['tokens_per_s']:.1f} tok/s]")
+        if args.json:
+            print(json.dumps(stats))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from pathlib import Path
+
+    path = Path(args.path)
+    if path.is_dir():
+        from speculators_kit.core.format import load_draft, read_config
+        from speculators_kit.target.embedded import resolve_target
+
+        cfg = read_config(path)
+        if args.target:
+            load_draft(path, target_dir=resolve_target(args.target))
+        print(f"ok: {path} is a {cfg.arch} draft ({cfg.layer.num_hidden_layers} layer(s), "
+              f"draft vocab {cfg.draft_vocab_size})" + (f", matches {args.target}" if args.target else ""))
+        return 0
+    from speculators_kit.schema import load_config
+
+    load_config(path, args.kind, args.set)
+    print(f"ok: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="speckit", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("target", help="prepare the embedded default target")
+    tsub = p.add_subparsers(dest="action", required=True)
+    prep = tsub.add_parser("prepare", help="build the HF folder of an embedded target (offline)")
+    prep.add_argument("--name", default="smollm2-135m-instruct")
+    prep.add_argument("--out", default=None, help="folder to build (default: the cache)")
+    prep.set_defaults(func=cmd_target)
+
+    p = sub.add_parser("draft", help="create drafts")
+    dsub = p.add_subparsers(dest="action", required=True)
+    init = dsub.add_parser("init", help="write an untrained draft for a target")
+    init.add_argument("--target", default="smollm2-135m-instruct", help="HF folder or embedded name")
+    init.add_argument("--arch", default="eagle3", choices=["eagle3", "eagle", "hass", "eagle3-moe"])
+    init.add_argument("--layers", type=int, default=1)
+    init.add_argument("--init", default="random", choices=["random", "target-last-layer"])
+    init.add_argument("--draft-vocab-size", type=int, default=None)
+    init.add_argument("--aux-layers", type=int, nargs="+", default=None)
+    init.add_argument("--experts", type=int, default=None, help="MoE experts per draft layer")
+    init.add_argument("--top-k", type=int, default=2, help="MoE experts per token")
+    init.add_argument("--k", type=int, default=5, help="default speculative tokens")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--out", required=True)
+    init.add_argument("--overwrite", action="store_true")
+    init.set_defaults(func=cmd_draft)
+
+    p = sub.add_parser("generate", help="reference speculative generation (pure PyTorch)")
+    p.add_argument("--target", default="smollm2-135m-instruct")
+    p.add_argument("--draft")
+    p.add_argument("--prompt", action="append", help="repeat for several prompts")
+    p.add_argument("--config", help="a configs/generate/*.yaml file instead of flags")
+    p.add_argument("--set", action="append", default=[], help="override a config key: a.b=c")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--k", type=int, default=5, help="speculative tokens per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="also print the stats as JSON")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("validate", help="check a YAML config or a draft directory")
+    p.add_argument("path")
+    p.add_argument("--kind", default=None, help="config kind when the folder does not tell")
+    p.add_argument("--target", default=None, help="also check a draft against this target")
+    p.add_argument("--set", action="append", default=[])
+    p.set_defaults(func=cmd_validate)
+
+    for name, what in PENDING.items():
+        p = sub.add_parser(name, help=f"{what} [not available yet]", description=what)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, name=name: _pending(name))
+    return parser
+
+
+def _pending(name: str) -> int:
+    print(f"speckit {name}: not available yet ({PENDING[name]})", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecKitError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Decoder-layer building blocks for draft heads (Llama and Qwen3 flavours, dense or MoE MLP).
+
+Parameter names follow HF/vLLM (`self_attn.q_proj`, `mlp.gate_proj`, ...) so a state dict
+saves straight into the speculator format. Attention takes explicit extra keys so the same
+module serves drafting (KV cache) and training-time test (diagonal keys of later steps).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speculators_kit.core.config import LayerConfig, MoESpec
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Rotary(nn.Module):
+    """Default RoPE (rotate-half convention, as HF Llama/Qwen3)."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
+        freqs = positions.float()[..., None] * self.inv_freq  # [B, T, Dh/2]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # [B, 1, T, Dh]
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LayerConfig, input_size: int):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        bias = cfg.attention_bias
+        self.q_proj = nn.Linear(input_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(input_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(input_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=bias)
+        if cfg.model_type == "qwen3":  # Qwen3 normalises q and k per head before RoPE
+            self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [B, T, D_in] -> q [B, H, T, Dh], k/v [B, Hkv, T, Dh] with RoPE applied."""
+        bsz, seq, _ = x.shape
+        q = self.q_proj(x).view(bsz, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(bsz, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def attend(self, q, k, v, mask, diag_kv=()):
+        """Scaled dot-product attention.
+
+        q [B, H, T, Dh]; k, v [B, Hkv, S, Dh]; mask [B|1, 1, T, S] bool (True = may attend).
+        diag_kv: (k_j, v_j) pairs [B, Hkv, T, Dh] that query t sees only at its own row t
+        (the keys of later training-time-test steps, arXiv 2503.01840 section 3.3).
+        Returns [B, T, H*Dh] projected by o_proj.
+        """
+        groups = self.num_heads // self.num_kv_heads
+        k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        scale = self.head_dim ** -0.5
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, T, S]
+        scores = scores.masked_fill(~mask, float("-inf"))
+        extra = [(kj.repeat_interleave(groups, 1), vj.repeat_interleave(groups, 1)) for kj, vj in diag_kv]
+        if extra:
+            diag = torch.stack([(q * kj).sum(-1) * scale for kj, _ in extra], dim=-1)  # [B,H,T,J]
+            probs = torch.softmax(torch.cat([scores, diag], dim=-1).float(), dim=-1).to(q.dtype)
+            out = torch.matmul(probs[..., : scores.shape[-1]], v)
+            for j, (_, vj) in enumerate(extra):
+                out = out + probs[..., scores.shape[-1] + j, None] * vj
+        else:
+            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+            out = torch.matmul(probs, v)
+        bsz, _, seq, _ = out.shape
+        return self.o_proj(out.transpose(1, 2).reshape(bsz, seq, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=bias)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoEMLP(nn.Module):
+    """E SwiGLU experts with top-k routing (renormalised over the chosen k, as Mixtral/Qwen3-MoE).
+
+    Draft-side MoE after Jakiro (arXiv 2502.06282): experts let one draft layer specialise per
+    token type at the cost of one dense MLP per token. Names follow Qwen3-MoE (`gate`,
+    `experts.N.*`). A dense loop over experts: drafts are small and this stays readable.
+    """
+
+    def __init__(self, hidden: int, intermediate: int, spec: MoESpec):
+        super().__init__()
+        if spec.top_k > spec.num_experts:
+            raise ValueError(f"moe.top_k {spec.top_k} exceeds moe.num_experts {spec.num_experts}")
+        self.top_k = spec.top_k
+        self.gate = nn.Linear(hidden, spec.num_experts, bias=False)
+        size = spec.intermediate_size or intermediate
+        self.experts = nn.ModuleList(MLP(hidden, size) for _ in range(spec.num_experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        router = torch.softmax(self.gate(flat).float(), dim=-1)
+        weights, chosen = router.topk(self.top_k, dim=-1)  # [N, k]
+        weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slot = (chosen == e).nonzero(as_tuple=True)
+            if rows.numel():
+                out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None])
+        return out.view(shape)
+
+
+def build_mlp(cfg: LayerConfig, moe: MoESpec) -> nn.Module:
+    if moe.num_experts > 0:
+        return MoEMLP(cfg.hidden_size, cfg.intermediate_size, moe)
+    return MLP(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias)

@@ -1,0 +1,74 @@
+"""transformers integration for draft folders (installed by speculators_kit._hf_hook)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+MODEL_TYPE = "speculators_kit_draft"
+
+
+class SpeculatorDraftConfig(PretrainedConfig):
+    """The speculator config.json as a transformers config (all keys kept as attributes)."""
+
+    model_type = MODEL_TYPE
+
+    def to_speculator_config(self):
+        from speculators_kit.core.config import parse_config
+
+        data = {k: v for k, v in self.to_dict().items() if k in self._speculator_keys}
+        return parse_config(data, "config")
+
+    def __init__(self, **kwargs):
+        self._speculator_keys = set(kwargs) - {"model_type"}
+        super().__init__(**kwargs)
+
+
+class SpeculatorDraftModel:
+    """`AutoModel.from_pretrained(draft_dir)` returns the core `DraftHead` (a plain nn.Module).
+
+    Shared weights (embeddings) come from the verifier folder named in the config, which must
+    be a local path: nothing is downloaded.
+    """
+
+    config_class = SpeculatorDraftConfig
+
+    @classmethod
+    def from_pretrained(cls, path, *args, target=None, **kwargs):
+        from speculators_kit.core.errors import SpecKitError
+        from speculators_kit.core.format import load_draft, read_config
+
+        cfg = read_config(path)
+        target = target or cfg.speculators_config.verifier.name_or_path
+        if not Path(target).is_dir():
+            raise SpecKitError(
+                f"{path}: its verifier {target!r} is not a local folder; pass target=<target dir>"
+            )
+        return load_draft(path, target_dir=target)
+
+
+def _is_draft_dir(path) -> bool:
+    config = Path(str(path)) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except ValueError:
+        return False
+    return "speculators_config" in data and "model_type" not in data
+
+
+def register() -> None:
+    AutoConfig.register(MODEL_TYPE, SpeculatorDraftConfig, exist_ok=True)
+    AutoModel.register(SpeculatorDraftConfig, SpeculatorDraftModel, exist_ok=True)
+    original = AutoConfig.from_pretrained.__func__
+
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if _is_draft_dir(pretrained_model_name_or_path):
+            data = json.loads((Path(str(pretrained_model_name_or_path)) / "config.json").read_text())
+            return SpeculatorDraftConfig(**data)
+        return original(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+    AutoConfig.from_pretrained = classmethod(from_pretrained)

@@ -1,0 +1,129 @@
+"""YAML configs: one strict pydantic model per kind, dotted `--set` overrides re-validated.
+
+Errors name the file, the dotted key and what is allowed; the CLI prints them as one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from speculators_kit.core.errors import SpecKitError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TargetSection(Strict):
+    path: str = "smollm2-135m-instruct"
+
+
+class DraftRef(Strict):
+    path: str
+
+
+class SamplingSection(Strict):
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(128, ge=1)
+    num_speculative_tokens: int = Field(5, ge=1, le=16)
+    seed: int = 0
+
+
+class GenerateConfig(Strict):
+    """`speckit generate --config FILE`: the reference speculative loop on a list of prompts."""
+
+    target: TargetSection = Field(default_factory=TargetSection)
+    draft: DraftRef
+    prompts: list[str] = Field(min_length=1)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+
+
+KINDS: dict[str, type[Strict]] = {"generate": GenerateConfig}
+
+
+def kind_of(path: Path, data: dict[str, Any]) -> str:
+    """The schema kind: the file's folder under configs/ (configs/<kind>/x.yaml)."""
+    kind = path.parent.name
+    if kind not in KINDS:
+        raise SpecKitError(
+            f"{path}: cannot tell the config kind from its folder {kind!r}; put it under "
+            f"configs/<kind>/ with kind one of: {', '.join(KINDS)}"
+        )
+    return kind
+
+
+def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
+    """`a.b=c`: c is parsed as YAML (numbers, bools, lists). The path must exist in the schema;
+    that is checked when the result is validated."""
+    import yaml
+
+    if "=" not in assignment:
+        raise SpecKitError(f"--set {assignment!r}: expected dotted.key=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise SpecKitError(f"--set {assignment!r}: empty key segment in {key!r}")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecKitError(
+                f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section ({source})"
+            )
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path, kind: str | None = None, overrides: list[str] = ()) -> Strict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecKitError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise SpecKitError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise SpecKitError(f"{path}: the top level must be a mapping of sections")
+    for assignment in overrides:
+        apply_override(data, assignment, str(path))
+    kind = kind or kind_of(path, data)
+    return validate(KINDS[kind], data, str(path))
+
+
+def validate(schema: type[Strict], data: dict[str, Any], source: str) -> Strict:
+    try:
+        return schema.model_validate(data)
+    except ValidationError as err:
+        raise SpecKitError(f"{source}: {describe(schema, err)}") from err
+
+
+def describe(schema: type[BaseModel], err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(schema, e["loc"][:-1])
+            parts.append(f"unknown key {key!r} (allowed here: {', '.join(allowed)})")
+        elif e["type"] == "missing":
+            parts.append(f"missing required key {key!r}")
+        else:
+            parts.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _allowed_keys(schema: type[BaseModel], loc) -> list[str]:
+    model = schema
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)

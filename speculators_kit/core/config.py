@@ -159,6 +159,13 @@ class SpeculatorConfig(BaseModel):
             return hidden * len(self.eagle_aux_hidden_state_layer_ids)
         return hidden + self.layer.hidden_size
 
+    @property
+    def feature_size(self) -> int:
+        """Width of the target features the draft reads per token (before fc)."""
+        if self.arch == "eagle3":
+            return self.fc_input_size
+        return self.target_hidden_size or self.layer.hidden_size
+
     def to_json_dict(self) -> dict[str, Any]:
         out = self.model_dump(mode="json", exclude_none=True)
         out["transformer_layer_config"].pop("rope_theta", None)

@@ -68,7 +68,10 @@ def register() -> None:
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         if _is_draft_dir(pretrained_model_name_or_path):
             data = json.loads((Path(str(pretrained_model_name_or_path)) / "config.json").read_text())
-            return SpeculatorDraftConfig(**data)
+            config = SpeculatorDraftConfig(**data)
+            if kwargs.get("return_unused_kwargs"):
+                return config, {}  # every key lives in the config; hub kwargs are ignored
+            return config
         return original(cls, pretrained_model_name_or_path, *args, **kwargs)
 
     AutoConfig.from_pretrained = classmethod(from_pretrained)

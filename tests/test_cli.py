@@ -1,0 +1,84 @@
+"""CLI: one-line user errors, YAML validation with dotted overrides, pending stages."""
+
+import subprocess
+import sys
+
+import pytest
+
+from speculators_kit.cli import main
+
+
+def run(argv, capsys):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def generate_yaml(tmp_path):
+    path = tmp_path / "configs" / "generate" / "demo.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text("draft: {path: runs/d}\nprompts: [hi]\nsampling: {temperature: 0.0}\n")
+    return path
+
+
+def test_valid_yaml(generate_yaml, capsys):
+    assert run(["validate", str(generate_yaml)], capsys)[0] == 0
+
+
+def test_unknown_yaml_key_names_file_key_and_allowed(generate_yaml, capsys):
+    generate_yaml.write_text(generate_yaml.read_text() + "samplin: {}\n")
+    code, _, err = run(["validate", str(generate_yaml)], capsys)
+    assert code == 1
+    assert str(generate_yaml) in err and "'samplin'" in err and "sampling" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_set_path(generate_yaml, capsys):
+    code, _, err = run(["validate", str(generate_yaml), "--set", "sampling.temprature=0.5"], capsys)
+    assert code == 1 and "sampling.temprature" in err and "temperature" in err
+    code, _, err = run(["validate", str(generate_yaml), "--set", "prompts.x=1"], capsys)
+    assert code == 1 and "prompts" in err
+
+
+def test_set_value_is_revalidated(generate_yaml, capsys):
+    code, _, err = run(["validate", str(generate_yaml), "--set", "sampling.top_p=2"], capsys)
+    assert code == 1 and "sampling.top_p" in err
+
+
+def test_every_shipped_yaml_validates():
+    from pathlib import Path
+
+    from speculators_kit.schema import load_config
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert configs, "configs/ ships at least one YAML"
+    for path in configs:
+        load_config(path)
+
+
+@pytest.mark.parametrize("stage", ["datagen", "train", "convert", "eval", "quickstart", "inspect"])
+def test_pending_stages_exit_2(stage):
+    out = subprocess.run([sys.executable, "-m", "speculators_kit.cli", stage], capture_output=True, text=True)
+    assert out.returncode == 2 and "not available yet" in out.stderr
+
+
+def test_missing_draft_dir_one_line(tmp_path, capsys):
+    code, _, err = run(["validate", str(tmp_path)], capsys)
+    assert code == 1 and "config.json is missing" in err and err.count("\n") == 1
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(Exception):
+        main(["--debug", "validate", str(tmp_path)])
+
+
+def test_help_for_every_subcommand():
+    from speculators_kit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in ["target", "draft", "generate", "datagen", "train", "convert", "eval", "quickstart",
+                 "inspect", "validate"]:
+        assert name in sub.choices
+        assert sub.choices[name].format_help()

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from speculators_kit.cli import main
+from speculators_kit.core.errors import SpecKitError
 
 
 def run(argv, capsys):
@@ -69,7 +70,7 @@ def test_missing_draft_dir_one_line(tmp_path, capsys):
 
 
 def test_debug_shows_traceback(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(SpecKitError):
         main(["--debug", "validate", str(tmp_path)])
 
 

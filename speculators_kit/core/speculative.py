@@ -89,11 +89,12 @@ def speculative_generate(
     prompt_ids: torch.Tensor,
     max_new_tokens: int,
     k: int,
-    params: SamplingParams = SamplingParams(),
+    params: SamplingParams | None = None,
     generator: torch.Generator | None = None,
     eos_token_ids: tuple[int, ...] = (),
 ) -> tuple[list[int], SpeculativeStats]:
     """prompt_ids [1, T]. Returns (generated ids, prompt excluded; stats)."""
+    params = params or SamplingParams()
     if prompt_ids.dim() != 2 or prompt_ids.shape[0] != 1:
         raise ValueError(f"prompt_ids must be [1, T], got {tuple(prompt_ids.shape)}")
     stats = SpeculativeStats(k=k, accepted_per_position=[0] * k)

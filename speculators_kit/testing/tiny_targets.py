@@ -33,7 +33,7 @@ def _config(kind: str, vocab_size: int, hidden_size: int):
 
 def _tokenizer(vocab_size: int):
     """A byte-level-ish word tokenizer: special tokens, then single characters, then fillers."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "<|im_end|>", "<|im_start|>"]

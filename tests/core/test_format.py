@@ -39,8 +39,9 @@ def test_layout_is_what_vllm_loads(tiny_llama, tmp_path):
 
 
 def test_transformers_auto_classes_load_a_draft(tiny_llama, tmp_path):
-    import speculators_kit  # noqa: F401  (installs the transformers hook)
     from transformers import AutoConfig, AutoModel
+
+    import speculators_kit  # noqa: F401  (installs the transformers hook)
 
     head = make_draft(tiny_llama, tmp_path / "d")
     config = AutoConfig.from_pretrained(tmp_path / "d")

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from speculators_kit import SpeculativeModel
 from tests.helpers import make_draft
@@ -53,8 +52,7 @@ def test_greedy_is_token_identical(smollm2, drafts, reference, init):
         drafted += result.stats["num_drafts"]
         accepted += result.stats["num_accepted_tokens"]
     tau = 1 + accepted / drafted
-    print(f"{init}: tau {tau:.3f} over {len(reference)} prompts")
-    assert tau >= 1.0
+    print(f"{init}: tau {tau:.3f} over {len(reference)} prompts")  # reported, not asserted
 
 
 def test_sampling_is_seeded(smollm2, drafts):

@@ -83,3 +83,18 @@ def test_help_for_every_subcommand():
                  "inspect", "validate"]:
         assert name in sub.choices
         assert sub.choices[name].format_help()
+
+
+@pytest.mark.parametrize("arch", ["eagle3", "eagle", "hass", "eagle3-moe"])
+def test_draft_init_writes_a_loadable_draft(tiny_llama, tmp_path, arch, capsys):
+    from speculators_kit.core.format import load_draft
+
+    out = tmp_path / arch
+    code, stdout, _ = run(["draft", "init", "--target", str(tiny_llama), "--arch", arch, "--layers", "2",
+                           "--init", "target-last-layer", "--out", str(out)], capsys)
+    assert code == 0 and stdout.strip() == str(out)
+    head = load_draft(out, target_dir=tiny_llama)
+    assert len(head.layers) == 2
+    assert (head.config.speculators_kit.moe.num_experts > 0) == (arch == "eagle3-moe")
+    code, _, err = run(["draft", "init", "--target", str(tiny_llama), "--out", str(out)], capsys)
+    assert code == 1 and "already exists" in err  # never overwritten silently

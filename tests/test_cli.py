@@ -98,3 +98,10 @@ def test_draft_init_writes_a_loadable_draft(tiny_llama, tmp_path, arch, capsys):
     assert (head.config.speculators_kit.moe.num_experts > 0) == (arch == "eagle3-moe")
     code, _, err = run(["draft", "init", "--target", str(tiny_llama), "--out", str(out)], capsys)
     assert code == 1 and "already exists" in err  # never overwritten silently
+
+
+def test_draft_vocab_larger_than_target_is_refused(tiny_llama, tmp_path, capsys):
+    code, _, err = run(["draft", "init", "--target", str(tiny_llama), "--draft-vocab-size", "999",
+                        "--out", str(tmp_path / "d")], capsys)
+    assert code == 1 and "draft_vocab_size 999 exceeds the target vocab 256" in err
+    assert not (tmp_path / "d").exists()

@@ -49,15 +49,17 @@ class SpeculatorDraftModel:
         return load_draft(path, target_dir=target)
 
 
-def _is_draft_dir(path) -> bool:
+def _draft_config_dict(path) -> dict | None:
+    """The config.json dict of a local speculator-format folder, else None."""
     config = Path(str(path)) / "config.json"
     if not config.is_file():
-        return False
+        return None
     try:
         data = json.loads(config.read_text())
     except ValueError:
-        return False
-    return "speculators_config" in data and "model_type" not in data
+        return None
+    is_draft = isinstance(data, dict) and "speculators_config" in data and "model_type" not in data
+    return data if is_draft else None
 
 
 def register() -> None:
@@ -66,8 +68,8 @@ def register() -> None:
     original = AutoConfig.from_pretrained.__func__
 
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        if _is_draft_dir(pretrained_model_name_or_path):
-            data = json.loads((Path(str(pretrained_model_name_or_path)) / "config.json").read_text())
+        data = _draft_config_dict(pretrained_model_name_or_path)
+        if data is not None:
             config = SpeculatorDraftConfig(**data)
             if kwargs.get("return_unused_kwargs"):
                 return config, {}  # every key lives in the config; hub kwargs are ignored

@@ -72,14 +72,16 @@ def _propose(draft: DraftHead, logit_hidden, hidden, position: int, cache: Draft
     tokens, probs = [], []
     for i in range(k):
         logits = draft.to_target_vocab(draft.compute_logits(logit_hidden[:, -1]))[0]
-        p = to_probs(logits, params)
-        token = logits.argmax(-1) if params.greedy else sample(p, generator)
+        if params.greedy:  # no distribution needed: verification compares argmaxes
+            token = logits.argmax(-1)
+        else:
+            probs.append(to_probs(logits, params))
+            token = sample(probs[-1], generator)
         tokens.append(token)
-        probs.append(p)
         if i + 1 < k:
             pos = torch.tensor([[position + 1 + i]])
             logit_hidden, hidden = draft.step(token.view(1, 1), hidden[:, -1:], pos, cache)
-    return torch.stack(tokens), (None if params.greedy else torch.stack(probs))
+    return torch.stack(tokens), (torch.stack(probs) if probs else None)
 
 
 @torch.inference_mode()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default asks for most of RAM and fails
@@ -28,7 +29,7 @@ def run(args) -> dict:
         spec = {"method": args.method, "model": args.draft, "num_speculative_tokens": args.k}
     llm = LLM(model=args.target, dtype=args.dtype, max_model_len=args.max_model_len,
               enforce_eager=True, speculative_config=spec, disable_log_stats=False, seed=0)
-    prompts = json.loads(open(args.prompts).read())
+    prompts = json.loads(Path(args.prompts).read_text())
     messages = [[{"role": "user", "content": p}] for p in prompts]
     outs = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=args.max_tokens))
     counters = {}

@@ -36,16 +36,18 @@ def _tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "<|im_end|>", "<|im_start|>"]
-    chars = [chr(c) for c in range(32, 127)]
+    specials = ["<pad>", "<s>", "<|im_end|>", "<|im_start|>", "<unk>"]
+    # "\n" is in the chat template: were it unknown it would map to an id that HF `generate`
+    # then treats as padding and masks out.
+    chars = ["\n"] + [chr(c) for c in range(32, 127)]
     vocab = {tok: i for i, tok in enumerate(specials + chars)}
     for i in range(len(vocab), vocab_size):
         vocab[f"<extra_{i}>"] = i
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
-                                   pad_token="<pad>", unk_token="<pad>")
+                                   pad_token="<pad>", unk_token="<unk>")
     fast.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
     fast.chat_template = CHAT_TEMPLATE
     return fast

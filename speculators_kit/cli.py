@@ -10,12 +10,10 @@ import sys
 from speculators_kit.core.errors import SpecKitError
 
 PENDING = {
-    "datagen": "dump target hidden states to a store (datagen issue)",
     "train": "train a draft head with DeepSpeed (train issue)",
     "convert": "import EAGLE / EAGLE-3 / HASS / speculators checkpoints (convert issue)",
     "eval": "measure tau and speedup in vLLM (eval issue)",
     "quickstart": "the whole pipeline on the embedded target (eval & quickstart issue)",
-    "inspect": "summarise a hidden-state store (datagen issue)",
 }
 
 
@@ -95,6 +93,27 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_datagen(args) -> int:
+    from pathlib import Path
+
+    from speculators_kit.datagen.run import run
+    from speculators_kit.schema import load_config
+
+    cfg = load_config(args.config, "datagen", args.set)
+    stats = run(cfg, Path(args.config).parent, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(stats))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from speculators_kit.datagen.inspect import describe_store
+
+    text, ok = describe_store(args.store, verify=args.verify, show=args.show)
+    print(text)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speckit", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -145,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default=None, help="also check a draft against this target")
     p.add_argument("--set", action="append", default=[])
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("datagen", help="run the target over a dataset and store its hidden states")
+    p.add_argument("config", help="a configs/datagen/*.yaml file")
+    p.add_argument("--set", action="append", default=[], help="override a config key: a.b=c")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument("--json", action="store_true", help="print the run's stats as JSON")
+    p.set_defaults(func=cmd_datagen)
+
+    p = sub.add_parser("inspect", help="summarise a hidden-state store")
+    p.add_argument("store")
+    p.add_argument("--verify", action="store_true", help="re-hash every shard")
+    p.add_argument("--show", type=int, default=0, help="print the first N samples' tokens")
+    p.set_defaults(func=cmd_inspect)
 
     for name, what in PENDING.items():
         p = sub.add_parser(name, help=f"{what} [not available yet]", description=what)

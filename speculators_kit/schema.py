@@ -6,9 +6,9 @@ Errors name the file, the dotted key and what is allowed; the CLI prints them as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from speculators_kit.core.errors import SpecKitError
 
@@ -43,7 +43,64 @@ class GenerateConfig(Strict):
     sampling: SamplingSection = Field(default_factory=SamplingSection)
 
 
-KINDS: dict[str, type[Strict]] = {"generate": GenerateConfig}
+class DataSection(Strict):
+    source: Literal["jsonl", "parquet", "hf", "self"] = "jsonl"
+    path: str | None = None  # file for jsonl/parquet, dataset name for hf
+    subset: str | None = None
+    split: str = "train"
+    format: Literal["prompt", "chat", "tokens"] = "prompt"
+    prompt_field: str = "prompt"
+    response_field: str | None = None  # with regenerate off: the dataset's answer
+    limit: int | None = Field(None, ge=1)
+    max_length: int = Field(1024, ge=8)
+    seed: int = 0  # `source: self` sampling
+
+    @model_validator(mode="after")
+    def _path_needed(self):
+        if self.source != "self" and not self.path:
+            raise ValueError(f"data.path is required for source {self.source}")
+        if self.source == "self" and not self.limit:
+            raise ValueError("source self needs data.limit (how many conversations to make)")
+        return self
+
+
+class RegenerateSection(Strict):
+    enabled: bool = False
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+
+
+class CaptureSection(Strict):
+    backend: Literal["vllm", "hf"] = "vllm"
+    layers: Literal["auto"] | list[int] = "auto"
+    dtype: Literal["bf16", "fp16", "fp32", "fp8"] = "bf16"
+    batch_size: int = Field(64, ge=1)
+    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the target's compute dtype
+
+
+class StoreOutput(Strict):
+    dir: str
+    shard_samples: int = Field(256, ge=1)
+
+
+class DatagenConfig(Strict):
+    """`speckit datagen FILE`: run the target over a dataset, store its hidden states."""
+
+    target: TargetSection = Field(default_factory=TargetSection)
+    data: DataSection
+    regenerate: RegenerateSection = Field(default_factory=RegenerateSection)
+    capture: CaptureSection = Field(default_factory=CaptureSection)
+    output: StoreOutput
+
+    @model_validator(mode="after")
+    def _self_needs_regenerate(self):
+        if self.data.source == "self" and not self.regenerate.enabled:
+            raise ValueError("data.source self makes prompts only; set regenerate.enabled: true "
+                             "so the target answers them")
+        return self
+
+
+KINDS: dict[str, type[Strict]] = {"generate": GenerateConfig, "datagen": DatagenConfig}
 
 
 def kind_of(path: Path, data: dict[str, Any]) -> str:
@@ -113,6 +170,8 @@ def describe(schema: type[BaseModel], err: ValidationError) -> str:
             parts.append(f"unknown key {key!r} (allowed here: {', '.join(allowed)})")
         elif e["type"] == "missing":
             parts.append(f"missing required key {key!r}")
+        elif e["type"] == "value_error":  # our own validators: the message says it all
+            parts.append(f"{key + ': ' if key else ''}{e['msg'].removeprefix('Value error, ')}")
         else:
             parts.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
     return "; ".join(parts)

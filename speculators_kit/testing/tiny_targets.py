@@ -8,7 +8,7 @@ from pathlib import Path
 
 KINDS = ("llama", "qwen3", "qwen3_moe")
 COMMON = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=16, vocab_size=256, max_position_embeddings=512,
+              num_key_value_heads=2, head_dim=32, vocab_size=256, max_position_embeddings=512,
               rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
               pad_token_id=0)
 CHAT_TEMPLATE = (
@@ -20,7 +20,7 @@ CHAT_TEMPLATE = (
 def _config(kind: str, vocab_size: int, hidden_size: int):
     from transformers import LlamaConfig, Qwen3Config, Qwen3MoeConfig
 
-    kw = dict(COMMON, vocab_size=vocab_size, hidden_size=hidden_size, head_dim=hidden_size // 4)
+    kw = dict(COMMON, vocab_size=vocab_size, hidden_size=hidden_size, head_dim=32)  # vLLM CPU attention has no kernel for head_dim 16
     if kind == "llama":
         return LlamaConfig(**kw)
     if kind == "qwen3":

@@ -1,0 +1,205 @@
+"""Turn a dataset into token sequences with a loss mask over assistant tokens.
+
+The mask is found in character space: the conversation is rendered once with the target's
+chat template, each assistant message's span is located in the text, and tokens whose
+characters overlap a span are masked in. This works for multi-turn chats, system prompts and
+templates that rewrite earlier turns (e.g. dropping reasoning), where rendering prefixes
+would not line up.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.store import sample_id
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "chatgpt": "assistant", "bing": "assistant"}
+
+
+@dataclass
+class Prepared:
+    """One input. With regeneration `token_ids` is the prompt and the target writes the rest."""
+
+    source_id: str
+    token_ids: list[int]
+    loss_mask: list[bool] = field(default_factory=list)
+
+
+def load_tokenizer(target_dir: Path):
+    from transformers import AutoTokenizer
+
+    if not (Path(target_dir) / "tokenizer.json").is_file() and not (
+            Path(target_dir) / "tokenizer_config.json").is_file():
+        raise SpecKitError(f"target {target_dir} has no tokenizer (tokenizer.json); copy the "
+                           f"tokenizer files of the model into that folder")
+    return AutoTokenizer.from_pretrained(str(target_dir))
+
+
+def read_records(data, base: Path) -> list[dict]:
+    """Records from data.source (jsonl | parquet | hf); `self` has none."""
+    if data.source == "hf":
+        return _read_hf(data)
+    path = Path(data.path).expanduser()
+    if not path.is_file() and not path.is_absolute() and (base / path).is_file():
+        path = base / path
+    if not path.is_file():
+        raise SpecKitError(f"data.path {data.path} does not exist (looked in the working directory "
+                           f"and in {base}); point data.path at a {data.source} file")
+    if data.source == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    records = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError as err:
+                    raise SpecKitError(f"{path}:{n} is not valid JSON ({err})") from err
+    return records
+
+
+def _read_hf(data) -> list[dict]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(data.path, data.subset, split=data.split)
+    except Exception as err:  # offline, unknown name, missing split: all end the run the same way
+        raise SpecKitError(
+            f"cannot load the Hugging Face dataset {data.path!r} (split {data.split!r}): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Without "
+            f"network access, save it as jsonl/parquet and use data.source: jsonl") from err
+    return list(ds)
+
+
+def to_messages(record: dict, data, n: int) -> list[dict]:
+    if not isinstance(record, dict):
+        raise SpecKitError(f"record {n}: expected a JSON object, got {type(record).__name__}")
+    if data.format == "prompt":
+        if data.prompt_field not in record:
+            raise SpecKitError(f"record {n} has no field {data.prompt_field!r} (it has: "
+                               f"{', '.join(record)}); set data.prompt_field")
+        messages = [{"role": "user", "content": str(record[data.prompt_field])}]
+        if data.response_field:
+            if data.response_field not in record:
+                raise SpecKitError(f"record {n} has no field {data.response_field!r}; set "
+                                   f"data.response_field (or null)")
+            messages.append({"role": "assistant", "content": str(record[data.response_field])})
+        return messages
+    turns = record.get("messages", record.get("conversations"))
+    if not isinstance(turns, list) or not turns:
+        raise SpecKitError(f"record {n} has no `messages` or `conversations` list (it has: "
+                           f"{', '.join(record)})")
+    messages = []
+    for turn in turns:
+        role = turn.get("role", SHAREGPT_ROLES.get(str(turn.get("from", "")).lower()))
+        content = turn.get("content", turn.get("value"))
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise SpecKitError(f"record {n}: a turn needs role system|user|assistant (or ShareGPT "
+                               f"from/value) and text content, got {turn!r:.120}")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def render_with_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:
+    """Token ids of a whole conversation and a mask that is True on assistant tokens."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans, cursor = [], 0
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        start = _assistant_start(tokenizer, messages[:i], text, cursor, msg["content"])
+        end = start + len(msg["content"])
+        spans.append((start, end))
+        cursor = end
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [any(a < e and b > s for s, e in spans) for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), _extend_to_end_of_turn(enc["input_ids"], mask, tokenizer)
+
+
+def _assistant_start(tokenizer, history, text, cursor, content) -> int:
+    prefix = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True) \
+        if history else ""
+    if history and text.startswith(prefix) and text.startswith(content.lstrip(), len(prefix)):
+        return len(prefix) + (len(content) - len(content.lstrip()))
+    found = text.find(content, max(cursor, len(prefix) if text.startswith(prefix) else cursor))
+    if found < 0:
+        found = text.find(content.strip(), cursor)
+    if found < 0:
+        raise SpecKitError("the chat template does not reproduce an assistant message verbatim; "
+                           "cannot place the loss mask (use data.format: tokens with a mask)")
+    return found
+
+
+def _extend_to_end_of_turn(ids, mask, tokenizer) -> list[bool]:
+    """The draft must also learn to predict the end-of-turn token right after an answer."""
+    eos = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>"),
+           tokenizer.convert_tokens_to_ids("<|eot_id|>")} - {None, tokenizer.unk_token_id}
+    out = list(mask)
+    for i in range(1, len(ids)):
+        if mask[i - 1] and not mask[i] and ids[i] in eos:
+            out[i] = True
+    return out
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The conversation up to its last user turn, with the assistant prefix, for regeneration."""
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise SpecKitError("a conversation has no user turn to answer")
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def user_prefix_ids(tokenizer) -> list[int]:
+    """Magpie's pre-query template: everything the chat template puts before a user's text."""
+    sentinel = "\u2063SPECKIT\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False)
+    return tokenizer(text[: text.index(sentinel)], add_special_tokens=False)["input_ids"]
+
+
+def prepare(records: list[dict], tokenizer, data, regenerate: bool) -> tuple[list[Prepared], dict]:
+    """Prepared inputs in dataset order, duplicates dropped; also counts of what was dropped."""
+    if tokenizer.chat_template is None and data.format != "tokens":
+        raise SpecKitError("the target's tokenizer has no chat template; add chat_template.jinja "
+                           "to the target folder or use data.format: tokens")
+    out, seen, dropped = [], set(), {"duplicates": 0, "too_long": 0, "no_loss_tokens": 0}
+    for n, record in enumerate(records, 1):
+        if data.format == "tokens":
+            ids, mask = _tokens_record(record, n)
+        elif regenerate:
+            ids, mask = prompt_ids(tokenizer, to_messages(record, data, n)), []
+        else:
+            ids, mask = render_with_mask(tokenizer, to_messages(record, data, n))
+        if regenerate and len(ids) >= data.max_length - 1:
+            dropped["too_long"] += 1
+            continue
+        ids, mask = ids[: data.max_length], mask[: data.max_length]
+        if not regenerate and not any(mask):
+            dropped["no_loss_tokens"] += 1
+            continue
+        sid = sample_id(ids)
+        if sid in seen:
+            dropped["duplicates"] += 1
+            continue
+        seen.add(sid)
+        out.append(Prepared(sid, ids, mask))
+        if data.limit and len(out) >= data.limit:
+            break
+    return out, dropped
+
+
+def _tokens_record(record: dict, n: int) -> tuple[list[int], list[bool]]:
+    ids = record.get("token_ids") if isinstance(record, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+        raise SpecKitError(f"record {n}: format tokens needs a `token_ids` list of ints")
+    mask = record.get("loss_mask", [1] * len(ids))
+    if len(mask) != len(ids):
+        raise SpecKitError(f"record {n}: loss_mask has {len(mask)} entries for {len(ids)} tokens")
+    return ids, [bool(m) for m in mask]

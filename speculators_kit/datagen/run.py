@@ -1,0 +1,164 @@
+"""`speckit datagen`: prepare inputs, (re)generate answers, capture hidden states, commit shards.
+
+Everything that can be wrong with the inputs is checked before the store is touched; a run
+that stops for any reason leaves the committed shards intact and the same command continues.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from speculators_kit.core.build import default_aux_layers, target_config
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.fingerprint import target_fingerprint
+from speculators_kit.core.store import StoreManifest, sample_id
+from speculators_kit.datagen.prepare import (
+    Prepared, load_tokenizer, prepare, read_records, user_prefix_ids,
+)
+from speculators_kit.datagen.writer import StoreWriter
+from speculators_kit.target.embedded import resolve_target
+
+STAGING = ".staging"
+
+
+def resolve_layers(layers, num_layers: int) -> list[int]:
+    """Aux layer ids then the last layer (num_layers), as the store keeps them."""
+    ids = default_aux_layers(num_layers) if layers == "auto" else list(layers)
+    bad = [i for i in ids if not 0 <= i <= num_layers]
+    if bad:
+        raise SpecKitError(f"capture.layers {bad} out of range: the target has {num_layers} "
+                           f"layers, so ids go from 0 (embeddings) to {num_layers}")
+    return sorted(set(ids) | {num_layers})
+
+
+def build_manifest(cfg, target: Path) -> StoreManifest:
+    tcfg = target_config(target)
+    num_layers = tcfg["num_hidden_layers"]
+    return StoreManifest(
+        target_fingerprint=target_fingerprint(target), target_name=cfg.target.path,
+        num_target_layers=num_layers, layer_ids=resolve_layers(cfg.capture.layers, num_layers),
+        dtype=cfg.capture.dtype, hidden_size=tcfg["hidden_size"], vocab_size=tcfg["vocab_size"],
+        provenance={"created_by": "speckit datagen", "backend": cfg.capture.backend,
+                    "data": cfg.data.model_dump(), "regenerate": cfg.regenerate.model_dump()},
+    )
+
+
+def make_backend(cfg, target: Path, layer_ids: list[int], store_dir: Path):
+    c = cfg.capture
+    if c.backend == "vllm":
+        from speculators_kit.datagen.vllm_backend import VLLMCapture, vllm_version_or_error
+
+        vllm_version_or_error()
+        return VLLMCapture(target, layer_ids, store_dir / STAGING, cfg.data.max_length, c.batch_size,
+                           c.model_dtype, cfg.data.seed)
+    from speculators_kit.datagen.hf_backend import HFCapture
+
+    return HFCapture(target, layer_ids, cfg.data.max_length, c.model_dtype, cfg.data.seed)
+
+
+def self_instruct(backend, tokenizer, data) -> list[dict]:
+    """Magpie: the target completes its own user-turn prefix; unique questions, seeded."""
+    prefix, questions, attempt = user_prefix_ids(tokenizer), [], 0
+    seen = set()
+    while len(questions) < data.limit and attempt < 4:
+        n = data.limit - len(questions)
+        seeds = [data.seed * 1_000_003 + attempt * 100_000 + i for i in range(n * 2)]
+        outs = backend.generate([prefix] * len(seeds), 128, 1.0, seeds)
+        for out in outs:
+            text = tokenizer.decode(out, skip_special_tokens=True).strip()
+            key = " ".join(text.lower().split())
+            if len(key) >= 8 and key not in seen and len(questions) < data.limit:
+                seen.add(key)
+                questions.append({"messages": [{"role": "user", "content": text}]})
+        attempt += 1
+    return questions
+
+
+def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
+    target = resolve_target(cfg.target.path)
+    manifest = build_manifest(cfg, target)
+    tokenizer = load_tokenizer(target)
+    out_dir = Path(cfg.output.dir).expanduser()  # relative to the working directory
+    backend = None
+    if cfg.data.source == "self":
+        backend = make_backend(cfg, target, manifest.layer_ids, out_dir)
+        records = self_instruct(backend, tokenizer, cfg.data)
+        data = cfg.data.model_copy(update={"format": "chat"})
+    else:
+        records, data = read_records(cfg.data, config_dir), cfg.data
+    items, dropped = prepare(records, tokenizer, data, cfg.regenerate.enabled)
+    _check_token_range(items, manifest.vocab_size)
+    if not items:
+        raise SpecKitError(f"no usable samples in {cfg.data.path} (dropped: {dropped})")
+    writer = StoreWriter(out_dir, manifest, overwrite=overwrite)
+    done = writer.done_source_ids()
+    todo = [it for it in items if it.source_id not in done]
+    log(f"datagen: {len(items)} inputs ({len(items) - len(todo)} already in {out_dir}), "
+        f"layers {manifest.layer_ids}, {manifest.dtype}, backend {cfg.capture.backend}")
+    stats = _capture_all(cfg, target, writer, todo, backend, out_dir, items)
+    stats.update(dropped=dropped, store=str(out_dir), samples_in_store=writer.manifest.num_samples)
+    log(f"datagen done: {stats['samples']} new samples, {stats['tokens']} tokens in "
+        f"{stats['seconds']:.1f} s ({stats['tokens_per_s']:.0f} tok/s), "
+        f"{stats['bytes_per_token']:.0f} bytes/token; store has {stats['samples_in_store']} samples")
+    return stats
+
+
+def _capture_all(cfg, target, writer, todo, backend, out_dir, items) -> dict:
+    from tqdm import tqdm
+
+    regen = cfg.regenerate if cfg.regenerate.enabled else None
+    masks = {it.source_id: it for it in items}
+    seen = writer.done_sample_ids()
+    tokens = nbytes = samples = 0
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="sample", desc="capture", dynamic_ncols=True)
+    for lo in range(0, len(todo), cfg.output.shard_samples):
+        chunk = todo[lo: lo + cfg.output.shard_samples]
+        if backend is None:
+            backend = make_backend(cfg, target, writer.manifest.layer_ids, out_dir)
+        records = []
+        for item, rec in zip(chunk, backend.capture(chunk, regen)):
+            rec.update(_finish(masks[item.source_id], rec, regen is not None))
+            if rec["loss_mask"].any() and rec["sample_id"] not in seen:
+                seen.add(rec["sample_id"])
+                records.append(rec)
+        if records:
+            info = writer.add_shard(records)
+            tokens, nbytes, samples = tokens + info.num_tokens, nbytes + info.bytes, samples + len(records)
+        bar.update(len(chunk))
+        rate = tokens / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(tokens=tokens, tok_s=f"{rate:.0f}")
+    bar.close()
+    if cfg.capture.backend == "vllm":
+        from speculators_kit.datagen.vllm_backend import cleanup
+
+        cleanup(out_dir / STAGING)
+    seconds = time.perf_counter() - start
+    return {"samples": samples, "tokens": tokens, "seconds": seconds,
+            "tokens_per_s": tokens / max(seconds, 1e-9),
+            "bytes_per_token": nbytes / tokens if tokens else 0.0}
+
+
+def _finish(item: Prepared, rec: dict, regenerated: bool) -> dict:
+    import torch
+
+    ids = rec["token_ids"]
+    prompt = item.token_ids
+    if ids[: len(prompt)].tolist() != prompt:
+        raise SpecKitError(f"sample {item.source_id}: the backend returned tokens that do not "
+                           f"start with the prompt; the capture is inconsistent")
+    if regenerated:
+        mask = torch.zeros(len(ids), dtype=torch.bool)
+        mask[len(prompt):] = True
+    else:
+        mask = torch.tensor(item.loss_mask, dtype=torch.bool)
+    return {"loss_mask": mask, "sample_id": sample_id(ids), "source_id": item.source_id}
+
+
+def _check_token_range(items: list[Prepared], vocab_size: int) -> None:
+    for it in items:
+        if it.token_ids and max(it.token_ids) >= vocab_size:
+            raise SpecKitError(f"a sample has token id {max(it.token_ids)} >= the target's vocab "
+                               f"size {vocab_size}; were the token ids made for another tokenizer?")
+

@@ -1,0 +1,109 @@
+"""Capture through offline vLLM: `extract_hidden_states` + our connector, many prompts per call.
+
+With regeneration the target's answer and the hidden states of prompt + answer come out of
+one generate call (`include_output_tokens`), so nothing runs twice.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from speculators_kit.core.errors import SpecKitError
+
+CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default asks for most of the RAM and fails
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",  # let vLLM use every core
+    "HF_HUB_OFFLINE": "1",
+}
+FILE_WAIT_S = 300  # the engine writes a finished request's file one scheduler step later
+
+
+class VLLMCapture:
+    name = "vllm"
+
+    def __init__(self, target_dir: Path, layer_ids: list[int], staging: Path, max_model_len: int,
+                 batch_size: int, model_dtype: str, seed: int):
+        for key, value in CPU_ENV.items():
+            os.environ.setdefault(key, value)
+        from vllm import LLM
+
+        shutil.rmtree(staging, ignore_errors=True)  # leftovers of a killed run
+        staging.mkdir(parents=True)
+        self.staging = staging
+        self.max_model_len = max_model_len
+        self.seed = seed
+        self.llm = LLM(
+            model=str(target_dir), dtype=model_dtype, max_model_len=max_model_len,
+            enforce_eager=True, max_num_seqs=batch_size, seed=seed,
+            speculative_config={
+                "method": "extract_hidden_states", "num_speculative_tokens": 1,
+                "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": layer_ids}},
+            },
+            kv_transfer_config={
+                "kv_connector": "SpeckitHiddenStatesConnector",
+                "kv_connector_module_path": "speculators_kit.datagen.connector",
+                "kv_role": "kv_producer",
+                "kv_connector_extra_config": {"shared_storage_path": str(staging)},
+            },
+        )
+
+    def _params(self, max_tokens: int, temperature: float, seed: int, kv: dict):
+        from vllm import SamplingParams
+
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
+                              detokenize=False, extra_args={"kv_transfer_params": kv})
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                 seeds: list[int]) -> list[list[int]]:
+        """Plain generation, nothing saved (Magpie user turns)."""
+        params = [self._params(max_new_tokens, temperature, s, {"speckit_skip": True}) for s in seeds]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    def capture(self, items, regen) -> list[dict]:
+        """items: Prepared; regen: RegenerateSection or None. Returns token_ids + hidden [T, n, H]."""
+        params = []
+        for item in items:
+            kv = {"speckit_key": item.source_id, "include_output_tokens": bool(regen)}
+            if regen:
+                budget = min(regen.max_new_tokens, self.max_model_len - len(item.token_ids))
+                params.append(self._params(budget, regen.temperature, _seed(item, self.seed), kv))
+            else:
+                params.append(self._params(1, 0.0, 0, kv))
+        self.llm.generate([{"prompt_token_ids": i.token_ids} for i in items], params, use_tqdm=False)
+        return [self._collect(item.source_id) for item in items]
+
+    def _collect(self, key: str) -> dict:
+        path = self.staging / f"{key}.safetensors"
+        deadline = time.monotonic() + FILE_WAIT_S
+        while not path.is_file():
+            if time.monotonic() > deadline:
+                raise SpecKitError(f"vLLM did not write the hidden states of sample {key} within "
+                                   f"{FILE_WAIT_S} s; see the engine log above")
+            time.sleep(0.02)
+        data = load_file(str(path))
+        path.unlink()
+        return {"token_ids": data["token_ids"].long(), "hidden": data["hidden_states"].float()}
+
+
+def _seed(item, seed: int) -> int:
+    return (int(item.source_id[:8], 16) + seed * 1_000_003) % (2**31)
+
+
+def vllm_version_or_error() -> str:
+    try:
+        import vllm
+    except ImportError as err:
+        raise SpecKitError("capture.backend vllm needs vLLM: install with `bash install.sh cpu` "
+                           "(or gpu), or use capture.backend: hf") from err
+    return vllm.__version__
+
+
+def cleanup(staging: Path) -> None:
+    shutil.rmtree(staging, ignore_errors=True)
+

@@ -1,0 +1,104 @@
+"""Appends shards to a store so that a crash at any instant leaves it consistent.
+
+Order of a commit: the shard is written under a temp name, fsynced and renamed; then the token
+frequencies; then the manifest is replaced. A shard file the manifest does not list is an
+interrupted commit and is removed when the store is reopened; samples listed in the manifest
+are never re-made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.store import (
+    MANIFEST, TOKEN_FREQ, ShardInfo, StoreManifest, StoreReader, encode_hidden, file_sha256, read_manifest,
+    write_json_atomic,
+)
+
+
+class StoreWriter:
+    def __init__(self, store_dir: str | Path, manifest: StoreManifest, overwrite: bool = False):
+        self.dir = Path(store_dir)
+        if overwrite and self.dir.exists():
+            shutil.rmtree(self.dir)
+        if (self.dir / MANIFEST).is_file():
+            existing = read_manifest(self.dir)
+            diff = existing.compatible_with(manifest)
+            if diff:
+                details = ", ".join(f"{k}: store has {getattr(existing, k)!r}, config asks "
+                                    f"{getattr(manifest, k)!r}" for k in diff)
+                raise SpecKitError(f"store {self.dir} was made with another setup ({details}); "
+                                   f"use another output.dir or pass --overwrite to replace it")
+            self.manifest = existing
+        else:
+            if self.dir.exists() and any(p for p in self.dir.iterdir() if not p.name.startswith(".")):
+                raise SpecKitError(f"{self.dir} exists, is not empty and is not a store; "
+                                   f"choose another output.dir or pass --overwrite")
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.manifest = manifest
+            write_json_atomic(self.dir / MANIFEST, manifest.model_dump())
+        self._remove_uncommitted()
+        self.counts = self._load_counts()
+
+    def _remove_uncommitted(self) -> None:
+        listed = {s.name for s in self.manifest.shards}
+        for path in self.dir.iterdir():
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                path.unlink()
+            elif path.name.startswith("shard-") and path.name not in listed:
+                path.unlink()
+
+    def _load_counts(self) -> torch.Tensor:
+        # Recounted from the committed shards: a crash between writing the counts and the
+        # manifest would otherwise leave counts that include an uncommitted shard.
+        return StoreReader(self.dir).token_freq()
+
+    def done_source_ids(self) -> set[str]:
+        return {sid for s in self.manifest.shards for sid in s.source_ids}
+
+    def done_sample_ids(self) -> set[str]:
+        return {sid for s in self.manifest.shards for sid in s.sample_ids}
+
+    def add_shard(self, records: list[dict]) -> ShardInfo:
+        """records: dicts with token_ids [T] long, loss_mask [T] bool, hidden [T, layers, H] float,
+        sample_id, source_id. Returns the committed shard's info."""
+        if not records:
+            raise ValueError("empty shard")
+        token_ids = torch.cat([r["token_ids"] for r in records]).to(torch.int32)
+        loss_mask = torch.cat([r["loss_mask"] for r in records]).to(torch.uint8)
+        lengths = torch.tensor([0] + [len(r["token_ids"]) for r in records])
+        tensors = {"token_ids": token_ids, "loss_mask": loss_mask, "offsets": lengths.cumsum(0)}
+        tensors.update(encode_hidden(torch.cat([r["hidden"] for r in records]), self.manifest.dtype))
+        name = f"shard-{len(self.manifest.shards):05d}.safetensors"
+        path = self.dir / name
+        _save_atomic(tensors, path)
+        info = ShardInfo(name=name, sha256=file_sha256(path), bytes=path.stat().st_size,
+                         num_tokens=len(token_ids), sample_ids=[r["sample_id"] for r in records],
+                         source_ids=[r["source_id"] for r in records])
+        masked = token_ids[loss_mask.bool()].long()
+        counts = self.counts + torch.bincount(masked, minlength=len(self.counts))[: len(self.counts)]
+        _save_atomic({"counts": counts}, self.dir / TOKEN_FREQ,
+                     {"num_shards": str(len(self.manifest.shards) + 1)})
+        manifest = self.manifest.model_copy(update={"shards": [*self.manifest.shards, info]})
+        write_json_atomic(self.dir / MANIFEST, manifest.model_dump())
+        self.manifest, self.counts = manifest, counts
+        return info
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise SpecKitError(f"writing {path} failed ({err}); the store is unchanged up to its "
+                           f"last committed shard, re-run the same command to continue") from err

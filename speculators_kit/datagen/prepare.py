@@ -111,29 +111,28 @@ def render_with_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[b
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     spans, cursor = [], 0
     for i, msg in enumerate(messages):
-        if msg["role"] != "assistant":
-            continue
-        start = _assistant_start(tokenizer, messages[:i], text, cursor, msg["content"])
-        end = start + len(msg["content"])
-        spans.append((start, end))
-        cursor = end
+        if msg["role"] == "assistant":
+            start, end = _assistant_span(tokenizer, messages[:i], text, cursor, msg["content"])
+            spans.append((start, end))
+            cursor = end
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     mask = [any(a < e and b > s for s, e in spans) for a, b in enc["offset_mapping"]]
     return list(enc["input_ids"]), _extend_to_end_of_turn(enc["input_ids"], mask, tokenizer)
 
 
-def _assistant_start(tokenizer, history, text, cursor, content) -> int:
-    prefix = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True) \
-        if history else ""
-    if history and text.startswith(prefix) and text.startswith(content.lstrip(), len(prefix)):
-        return len(prefix) + (len(content) - len(content.lstrip()))
-    found = text.find(content, max(cursor, len(prefix) if text.startswith(prefix) else cursor))
-    if found < 0:
-        found = text.find(content.strip(), cursor)
-    if found < 0:
-        raise SpecKitError("the chat template does not reproduce an assistant message verbatim; "
-                           "cannot place the loss mask (use data.format: tokens with a mask)")
-    return found
+def _assistant_span(tokenizer, history, text, cursor, content) -> tuple[int, int]:
+    """Where an assistant message sits in the rendered text. Templates may drop an earlier
+    turn's reasoning block; then the visible remainder is what the model sees and is masked."""
+    if history:
+        prefix = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
+        if text.startswith(prefix):
+            cursor = max(cursor, len(prefix))
+    for candidate in (content, content.strip(), content.split("</think>")[-1].strip()):
+        found = text.find(candidate, cursor) if candidate else -1
+        if found >= 0:
+            return found, found + len(candidate)
+    raise SpecKitError("the chat template does not reproduce an assistant message; cannot place "
+                       "the loss mask (use data.format: tokens with an explicit loss_mask)")
 
 
 def _extend_to_end_of_turn(ids, mask, tokenizer) -> list[bool]:

@@ -111,12 +111,13 @@ def _capture_all(cfg, target, writer, todo, backend, out_dir, items) -> dict:
     masks = {it.source_id: it for it in items}
     seen = writer.done_sample_ids()
     tokens = nbytes = samples = 0
-    start = time.perf_counter()
+    t0 = time.perf_counter()
+    if backend is None and todo:
+        backend = make_backend(cfg, target, writer.manifest.layer_ids, out_dir)
+    start = time.perf_counter()  # throughput excludes the engine start
     bar = tqdm(total=len(todo), unit="sample", desc="capture", dynamic_ncols=True)
     for lo in range(0, len(todo), cfg.output.shard_samples):
         chunk = todo[lo: lo + cfg.output.shard_samples]
-        if backend is None:
-            backend = make_backend(cfg, target, writer.manifest.layer_ids, out_dir)
         records = []
         for item, rec in zip(chunk, backend.capture(chunk, regen)):
             rec.update(_finish(masks[item.source_id], rec, regen is not None))
@@ -135,7 +136,7 @@ def _capture_all(cfg, target, writer, todo, backend, out_dir, items) -> dict:
 
         cleanup(out_dir / STAGING)
     seconds = time.perf_counter() - start
-    return {"samples": samples, "tokens": tokens, "seconds": seconds,
+    return {"samples": samples, "tokens": tokens, "seconds": seconds, "startup_s": start - t0,
             "tokens_per_s": tokens / max(seconds, 1e-9),
             "bytes_per_token": nbytes / tokens if tokens else 0.0}
 

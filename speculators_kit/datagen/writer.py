@@ -25,7 +25,7 @@ from speculators_kit.core.store import (
 class StoreWriter:
     def __init__(self, store_dir: str | Path, manifest: StoreManifest, overwrite: bool = False):
         self.dir = Path(store_dir)
-        if overwrite and self.dir.exists():
+        if overwrite and (self.dir / MANIFEST).is_file():  # never delete a folder that is not a store
             shutil.rmtree(self.dir)
         if (self.dir / MANIFEST).is_file():
             existing = read_manifest(self.dir)

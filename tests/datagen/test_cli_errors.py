@@ -1,0 +1,80 @@
+"""Each bad datagen input: exit 1, one line naming the thing and the fix, nothing written."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from speculators_kit.cli import main
+
+
+@pytest.fixture()
+def write_config(tmp_path, tiny_llama):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"what is {i} plus {i}?"}) + "\n" for i in range(6)))
+
+    def write(name="datagen.yaml", **sections):
+        cfg = {"target": {"path": str(tiny_llama)},
+               "data": {"source": "jsonl", "path": str(prompts), "prompt_field": "question"},
+               "regenerate": {"enabled": True, "max_new_tokens": 4},
+               "capture": {"backend": "hf", "layers": [1, 2], "dtype": "fp32"},
+               "output": {"dir": str(tmp_path / "store")}}
+        for key, value in sections.items():
+            cfg[key] = {**cfg.get(key, {}), **value}
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    return write
+
+
+def run_fails(capsys, config, *extra):
+    assert main(["datagen", str(config), *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"data": {"path": "/nope/missing.jsonl"}}, "data.path /nope/missing.jsonl does not exist"),
+    ({"data": {"prompt_field": "prompt"}}, "no field 'prompt' .*set data.prompt_field"),
+    ({"capture": {"layers": [1, 9]}}, r"capture.layers \[9\] out of range.*0 \(embeddings\) to 4"),
+    ({"capture": {"dtpye": "fp8"}}, "unknown key 'capture.dtpye' \\(allowed here: .*dtype"),
+    ({"capture": {"dtype": "int4"}}, "capture.dtype"),
+    ({"data": {"source": "self", "limit": 3}, "regenerate": {"enabled": False}}, "regenerate.enabled: true"),
+])
+def test_bad_input_names_the_fix_and_writes_nothing(write_config, capsys, tmp_path, sections, expected):
+    import re
+
+    line = run_fails(capsys, write_config(**sections))
+    assert re.search(expected, line), line
+    assert not (tmp_path / "store").exists()
+
+
+def test_target_without_tokenizer(write_config, capsys, tmp_path, tiny_llama):
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_llama, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / name).unlink()
+    line = run_fails(capsys, write_config(target={"path": str(bare)}))
+    assert "tokenizer" in line and not (tmp_path / "store").exists()
+
+
+def test_offline_hf_dataset_is_a_clear_error(write_config, capsys, tmp_path):
+    line = run_fails(capsys, write_config(data={"source": "hf", "path": "speckit/not-a-dataset"}))
+    assert "cannot load the Hugging Face dataset 'speckit/not-a-dataset'" in line
+    assert "data.source: jsonl" in line and not (tmp_path / "store").exists()
+
+
+def test_adding_to_a_store_from_another_target(write_config, capsys, tmp_path, tiny_targets):
+    config = write_config()
+    assert main(["datagen", str(config)]) == 0
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "store").iterdir())
+    capsys.readouterr()
+    line = run_fails(capsys, write_config("other.yaml", target={"path": str(tiny_targets["qwen3"])}))
+    assert "another setup (target_fingerprint" in line and "--overwrite" in line
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "store").iterdir()) == before
+    # the same command again adds nothing: every input is already in the store
+    assert main(["datagen", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 0

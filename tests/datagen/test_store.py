@@ -1,0 +1,136 @@
+"""The store: round trip, fp8 error bound, crash consistency, verification."""
+
+import json
+
+import pytest
+import torch
+
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.store import (
+    MANIFEST, StoreManifest, StoreReader, decode_hidden, encode_hidden, sample_id,
+)
+from speculators_kit.datagen import writer as writer_mod
+from speculators_kit.datagen.writer import StoreWriter
+
+H, LAYERS, VOCAB = 16, 3, 50
+
+
+def manifest(**kw):
+    base = dict(target_fingerprint="sha256:abc", target_name="t", num_target_layers=4,
+                layer_ids=[1, 2, 4], dtype="fp32", hidden_size=H, vocab_size=VOCAB)
+    return StoreManifest(**{**base, **kw})
+
+
+def record(seed, length=7):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (length,), generator=g)
+    mask = torch.arange(length) >= length // 2
+    return {"token_ids": ids, "loss_mask": mask, "hidden": torch.randn(length, LAYERS, H, generator=g),
+            "sample_id": sample_id(ids), "source_id": f"src{seed}"}
+
+
+def test_round_trip_by_sample_with_token_counts(tmp_path):
+    w = StoreWriter(tmp_path / "s", manifest())
+    recs = [record(i, 5 + i) for i in range(5)]
+    w.add_shard(recs[:2])
+    w.add_shard(recs[2:])
+    r = StoreReader(tmp_path / "s")
+    assert len(r) == 5 and r.sample_ids() == [x["sample_id"] for x in recs]
+    for i, rec in enumerate(recs):
+        got = r[i]
+        assert torch.equal(got["token_ids"], rec["token_ids"]) and torch.equal(got["loss_mask"], rec["loss_mask"])
+        assert torch.equal(got["hidden"], rec["hidden"])
+        assert r.length(i) == len(rec["token_ids"])
+    expected = torch.zeros(VOCAB, dtype=torch.int64)
+    for rec in recs:
+        expected += torch.bincount(rec["token_ids"][rec["loss_mask"]], minlength=VOCAB)
+    assert torch.equal(r.token_freq(), expected)
+    assert r.verify() == []
+
+
+def test_fp8_round_trip_error_is_bounded_per_token_and_layer():
+    # Rows with very different scales (as hidden layers have): each keeps its own scale.
+    hidden = torch.randn(64, LAYERS, 256) * torch.tensor([0.01, 1.0, 300.0])[None, :, None]
+    enc = encode_hidden(hidden, "fp8")
+    assert enc["hidden"].dtype == torch.float8_e4m3fn and enc["scale"].shape == (64, LAYERS)
+    back = decode_hidden(enc["hidden"], enc["scale"])
+    rel = (back - hidden).abs().amax(-1) / hidden.abs().amax(-1)
+    assert rel.max() < 2 ** -4  # e4m3 keeps 3 mantissa bits: half-ulp at the top is 1/16
+    cos = torch.nn.functional.cosine_similarity(back, hidden, dim=-1)
+    assert cos.min() > 0.995
+    bf16 = decode_hidden(encode_hidden(hidden, "bf16")["hidden"], None)
+    assert (bf16 - hidden).abs().max() < (back - hidden).abs().max()  # fp8 really is coarser
+
+
+def test_reopen_drops_an_uncommitted_shard_and_keeps_committed_ones(tmp_path):
+    w = StoreWriter(tmp_path / "s", manifest())
+    w.add_shard([record(0)])
+    # A crash after the shard rename but before the manifest: a shard the manifest does not list.
+    (tmp_path / "s" / "shard-00001.safetensors").write_bytes(b"half written")
+    (tmp_path / "s" / ".shard-00002.safetensors.tmp").write_bytes(b"x")
+    w2 = StoreWriter(tmp_path / "s", manifest())
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [MANIFEST, "shard-00000.safetensors",
+                                                                  "token_freq.safetensors"]
+    assert w2.done_source_ids() == {"src0"}
+    w2.add_shard([record(1)])
+    assert len(StoreReader(tmp_path / "s")) == 2 and StoreReader(tmp_path / "s").verify() == []
+
+
+def test_write_error_leaves_the_store_consistent(tmp_path, monkeypatch):
+    w = StoreWriter(tmp_path / "s", manifest())
+    w.add_shard([record(0)])
+    before = (tmp_path / "s" / MANIFEST).read_text()
+
+    def disk_full(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_mod, "save_file", disk_full)
+    with pytest.raises(SpecKitError, match="No space left.*re-run the same command"):
+        w.add_shard([record(1)])
+    monkeypatch.undo()
+    assert (tmp_path / "s" / MANIFEST).read_text() == before
+    assert not [p for p in (tmp_path / "s").iterdir() if p.name.endswith(".tmp")]
+    r = StoreReader(tmp_path / "s")
+    assert len(r) == 1 and r.verify() == []
+    StoreWriter(tmp_path / "s", manifest()).add_shard([record(1)])  # the same run continues
+    assert len(StoreReader(tmp_path / "s")) == 2
+
+
+def test_store_from_another_setup_is_refused_unless_overwrite(tmp_path):
+    w = StoreWriter(tmp_path / "s", manifest())
+    w.add_shard([record(0)])
+    with pytest.raises(SpecKitError, match="another setup.*target_fingerprint.*--overwrite"):
+        StoreWriter(tmp_path / "s", manifest(target_fingerprint="sha256:other"))
+    with pytest.raises(SpecKitError, match="dtype: store has 'fp32', config asks 'bf16'"):
+        StoreWriter(tmp_path / "s", manifest(dtype="bf16"))
+    assert len(StoreReader(tmp_path / "s")) == 1
+    fresh = StoreWriter(tmp_path / "s", manifest(dtype="bf16"), overwrite=True)
+    assert fresh.manifest.shards == []
+
+
+def test_verify_finds_a_flipped_byte_and_inspect_fails(tmp_path):
+    from speculators_kit.cli import main
+
+    w = StoreWriter(tmp_path / "s", manifest())
+    w.add_shard([record(0)])
+    shard = tmp_path / "s" / "shard-00000.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    assert "sha256 mismatch" in StoreReader(tmp_path / "s").verify()[0]
+    assert main(["inspect", str(tmp_path / "s"), "--verify"]) == 1
+
+
+def test_a_folder_that_is_not_a_store_is_left_alone(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    with pytest.raises(SpecKitError, match="not empty and is not a store"):
+        StoreWriter(tmp_path / "s", manifest())
+    assert (tmp_path / "s" / "notes.txt").read_text() == "mine"
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / MANIFEST).write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(SpecKitError, match="not a valid store manifest"):
+        StoreReader(bad)

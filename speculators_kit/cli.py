@@ -10,7 +10,6 @@ import sys
 from speculators_kit.core.errors import SpecKitError
 
 PENDING = {
-    "train": "train a draft head with DeepSpeed (train issue)",
     "convert": "import EAGLE / EAGLE-3 / HASS / speculators checkpoints (convert issue)",
     "eval": "measure tau and speedup in vLLM (eval issue)",
     "quickstart": "the whole pipeline on the embedded target (eval & quickstart issue)",
@@ -106,6 +105,16 @@ def cmd_datagen(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from speculators_kit.schema import load_config
+    from speculators_kit.train.launch import launch
+
+    load_config(args.config, "train", args.set)  # bad configs fail here, before any process starts
+    if args.nproc < 1:
+        raise SpecKitError(f"--nproc {args.nproc}: need at least 1 process")
+    return launch(args.config, args.set, args.nproc, args.resume, args.hostfile)
+
+
 def cmd_inspect(args) -> int:
     from speculators_kit.datagen.inspect import describe_store
 
@@ -171,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing store")
     p.add_argument("--json", action="store_true", help="print the run's stats as JSON")
     p.set_defaults(func=cmd_datagen)
+
+    p = sub.add_parser("train", help="train a draft head on hidden-state stores (DeepSpeed)")
+    p.add_argument("config", help="a configs/train/*.yaml file")
+    p.add_argument("--set", action="append", default=[], help="override a config key: a.b=c")
+    p.add_argument("--nproc", type=int, default=1, help="processes on this machine (DeepSpeed launcher)")
+    p.add_argument("--hostfile", default=None, help="DeepSpeed hostfile for several machines")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("inspect", help="summarise a hidden-state store")
     p.add_argument("store")

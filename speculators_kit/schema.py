@@ -100,7 +100,117 @@ class DatagenConfig(Strict):
         return self
 
 
-KINDS: dict[str, type[Strict]] = {"generate": GenerateConfig, "datagen": DatagenConfig}
+class TrainData(Strict):
+    stores: list[str] = Field(min_length=1)
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    max_length: int = Field(1024, ge=8)
+    seed: int = 0
+
+
+class MoESection(Strict):
+    experts: int = Field(0, ge=0)
+    top_k: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _top_k_fits(self):
+        if self.experts and self.top_k > self.experts:
+            raise ValueError(f"draft.moe.top_k {self.top_k} > draft.moe.experts {self.experts}")
+        return self
+
+
+class DraftSection(Strict):
+    arch: Literal["eagle3", "eagle", "hass"] = "eagle3"
+    num_layers: int = Field(1, ge=1, le=8)
+    draft_vocab_size: int | None = Field(None, ge=1)  # None: the target's whole vocabulary
+    init: Literal["random", "target-last-layer"] = "target-last-layer"
+    moe: MoESection = Field(default_factory=MoESection)
+    num_speculative_tokens: int = Field(5, ge=1, le=16)  # written into the draft's config
+
+
+class LossSection(Strict):
+    kind: Literal["kl", "ce", "tv"] = "kl"
+    ttt_steps: int = Field(3, ge=1, le=16)
+    step_weights: Literal["decay", "uniform"] | list[float] = "decay"
+
+    @model_validator(mode="after")
+    def _weights_per_step(self):
+        if isinstance(self.step_weights, list) and len(self.step_weights) != self.ttt_steps:
+            raise ValueError(f"loss.step_weights has {len(self.step_weights)} entries for "
+                             f"ttt_steps {self.ttt_steps}")
+        return self
+
+
+class OptimSection(Strict):
+    lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)  # cosine decay floor
+
+
+class TrainLoop(Strict):
+    max_steps: int = Field(2000, ge=1)
+    micro_batch_tokens: int = Field(4096, ge=16)
+    grad_accum: int = Field(1, ge=1)
+    eval_every: int = Field(200, ge=1)
+    save_every: int = Field(500, ge=1)
+    keep_last: int = Field(2, ge=1)
+    eval_samples: int = Field(64, ge=1)  # held-out samples per evaluation (at most)
+    log_every: int = Field(10, ge=1)
+
+
+DERIVED_DS_KEYS = {
+    "train_batch_size": "from train.micro_batch_tokens, grad_accum and --nproc",
+    "train_micro_batch_size_per_gpu": "from train.micro_batch_tokens",
+    "gradient_accumulation_steps": "from train.grad_accum",
+    "gradient_clipping": "from optim.grad_clip",
+    "bf16": "from precision", "fp16": "from precision", "amp": "from precision",
+    "optimizer": "from the optim section", "scheduler": "from optim.warmup_steps and train.max_steps",
+}
+
+
+class DeepSpeedSection(BaseModel):
+    """`zero_stage` plus any extra DeepSpeed keys; keys the schema derives are refused."""
+
+    model_config = ConfigDict(extra="allow")
+    zero_stage: int = Field(2, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _no_derived_keys(self):
+        for key, value in (self.model_extra or {}).items():
+            if key in DERIVED_DS_KEYS:
+                raise ValueError(f"deepspeed.{key} is derived ({DERIVED_DS_KEYS[key]}); remove it")
+            if key == "zero_optimization" and isinstance(value, dict) and "stage" in value:
+                raise ValueError("deepspeed.zero_optimization.stage is set by deepspeed.zero_stage")
+        return self
+
+
+class TrainOutput(Strict):
+    dir: str
+
+
+class LoggingSection(Strict):
+    tensorboard: bool = True
+
+
+class TrainConfig(Strict):
+    """`speckit train FILE`: fit a draft head on hidden-state stores with DeepSpeed."""
+
+    target: TargetSection = Field(default_factory=TargetSection)
+    data: TrainData
+    draft: DraftSection = Field(default_factory=DraftSection)
+    loss: LossSection = Field(default_factory=LossSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainLoop = Field(default_factory=TrainLoop)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    precision: Literal["bf16", "fp32"] = "bf16"
+    output: TrainOutput
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+
+KINDS: dict[str, type[Strict]] = {"generate": GenerateConfig, "datagen": DatagenConfig,
+                                  "train": TrainConfig}
 
 
 def kind_of(path: Path, data: dict[str, Any]) -> str:

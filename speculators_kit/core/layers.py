@@ -135,6 +135,11 @@ class MoEMLP(nn.Module):
         router = torch.softmax(self.gate(flat).float(), dim=-1)
         weights, chosen = router.topk(self.top_k, dim=-1)  # [N, k]
         weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+        # Switch-Transformer balance term (E * sum_e load_e * mean_prob_e; 1.0 when balanced),
+        # kept for the trainer; drafting ignores it.
+        load = torch.zeros_like(router[0]).index_add_(0, chosen.flatten(), torch.ones_like(
+            chosen.flatten(), dtype=router.dtype)) / chosen.numel()
+        self.balance_loss = len(self.experts) * (load * router.mean(0)).sum()
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows, slot = (chosen == e).nonzero(as_tuple=True)

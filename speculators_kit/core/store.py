@@ -154,6 +154,11 @@ class StoreReader:
         _, offsets = self._open(n)
         return offsets[i + 1] - offsets[i]
 
+    def loss_mask(self, index: int) -> torch.Tensor:
+        n, i = self._index[index]
+        f, offsets = self._open(n)
+        return f.get_slice("loss_mask")[offsets[i]:offsets[i + 1]].bool()
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         n, i = self._index[index]
         f, offsets = self._open(n)

@@ -1,0 +1,90 @@
+"""Checkpoints: `checkpoints/step-NNNNNNNN/` = `draft/` (speculator format, loads in stock vLLM)
++ `deepspeed/` (engine, optimizer, schedule) + `state.json` (where the data loop stood, the
+resolved config). Built under a temp name and renamed, so a checkpoint either exists whole or
+not at all; only the newest `keep_last` are kept."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.format import save_draft, shared_target_weight
+
+# What must not change between a run and its resume (a different head cannot load the state).
+RESUME_KEYS = ("draft", "precision", "target_fingerprint", "layer_ids", "zero_stage", "world_size")
+
+
+def root(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints"
+
+
+def latest(out_dir: Path) -> Path | None:
+    done = sorted(p for p in root(out_dir).glob("step-*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def read_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / "state.json").read_text())
+
+
+def check_resumable(state: dict, identity: dict, ckpt: Path) -> None:
+    changed = [k for k in RESUME_KEYS if state["identity"].get(k) != identity.get(k)]
+    if changed:
+        details = "; ".join(f"{k}: checkpoint {state['identity'].get(k)!r}, now {identity.get(k)!r}"
+                            for k in changed)
+        raise SpecKitError(f"cannot resume from {ckpt}: the run changed ({details}). Restore the "
+                           f"old settings, or start a new run in another output.dir")
+
+
+def export_head(module, target_dir: Path):
+    """An fp32 copy of the head with the frozen shared weights exactly equal to the target's
+    (a bf16 round trip would otherwise make them differ and get saved)."""
+    head = copy.deepcopy(module.head).float()
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if not p.requires_grad and name in ("embed_tokens.weight", "lm_head.weight"):
+                p.copy_(shared_target_weight(target_dir, name))
+    return head
+
+
+def save(engine, module, target_dir: Path, out_dir: Path, step: int, state: dict, keep_last: int,
+         provenance: dict) -> Path:
+    """Collective: every rank calls it."""
+    rank = dist.get_rank()
+    final = root(out_dir) / f"step-{step:08d}"
+    tmp = root(out_dir) / f".step-{step:08d}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(tmp), tag="deepspeed")
+    dist.barrier()
+    if rank == 0:
+        head = export_head(module, target_dir)
+        kit = head.config.speculators_kit.model_copy(update={"provenance": {**provenance, "step": step}})
+        head.config = head.config.model_copy(update={"speculators_kit": kit})
+        save_draft(head, tmp / "draft", target_dir=target_dir)
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(root(out_dir).glob("step-*"))[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def publish_draft(ckpt: Path, out_dir: Path) -> Path:
+    """Copy a checkpoint's draft to `output.dir/draft` (what users pass to vLLM), atomically."""
+    target = Path(out_dir) / "draft"
+    tmp = Path(out_dir) / ".draft.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ckpt / "draft", tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target

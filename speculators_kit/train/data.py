@@ -1,0 +1,119 @@
+"""Training data from hidden-state stores: checks, a stable held-out split, packed micro-batches.
+
+Batch order is a pure function of (seed, epoch), so a resumed run replays exactly the batches
+the interrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.store import StoreManifest, StoreReader
+
+
+@dataclass(frozen=True)
+class Ref:
+    store: int
+    index: int
+    length: int
+
+
+def open_stores(paths: list[str], fingerprint: str, aux_layer_ids: list[int] | None) -> list[StoreReader]:
+    """Readers for every store, refusing stores of another target or without the needed layers."""
+    readers = [StoreReader(Path(p).expanduser()) for p in paths]
+    first = readers[0].manifest
+    for path, reader in zip(paths, readers):
+        m = reader.manifest
+        if m.target_fingerprint != fingerprint:
+            raise SpecKitError(f"store {path} was made from another target ({m.target_name}, "
+                               f"{m.target_fingerprint}); this run's target is {fingerprint}. "
+                               f"Make the store with the same target (speckit datagen)")
+        if m.layer_ids != first.layer_ids:
+            raise SpecKitError(f"store {path} holds layers {m.layer_ids} but {paths[0]} holds "
+                               f"{first.layer_ids}; all stores of one run must hold the same layers")
+        if len(reader) == 0:
+            raise SpecKitError(f"store {path} is empty: run speckit datagen to fill it")
+    if aux_layer_ids is not None and aux_layer_ids != first.aux_layer_ids:
+        raise SpecKitError(f"the draft needs aux layers {aux_layer_ids} but the stores hold "
+                           f"{first.aux_layer_ids} (+ last {first.layer_ids[-1]}); re-run datagen "
+                           f"with capture.layers: {aux_layer_ids}")
+    return readers
+
+
+def is_eval(sample_id: str, fraction: float) -> bool:
+    """Held out by a hash of the sample id: stable when stores grow or are reordered."""
+    return int(sample_id[:8], 16) / 16**8 < fraction
+
+
+def split(readers: list[StoreReader], fraction: float, max_length: int) -> tuple[list[Ref], list[Ref]]:
+    """Held-out and training samples; samples whose answer starts past max_length are left out
+    (truncation would leave them nothing to learn)."""
+    train, held, cut = [], [], 0
+    for s, reader in enumerate(readers):
+        for i, sid in enumerate(reader.sample_ids()):
+            if not reader.loss_mask(i)[1:max_length].any():
+                cut += 1
+                continue
+            (held if is_eval(sid, fraction) else train).append(Ref(s, i, reader.length(i)))
+    if not train:
+        raise SpecKitError(f"no training samples: {cut} sample(s) have no answer tokens within "
+                           f"data.max_length {max_length}, the rest are held out; raise max_length, "
+                           f"lower data.eval_fraction or add samples")
+    return train, held
+
+
+def batches(refs: list[Ref], tokens: int, max_length: int, seed: int, epoch: int) -> list[list[Ref]]:
+    """Shuffle, sort by length inside windows of 64 (less padding), pack up to `tokens` padded
+    tokens per micro-batch, shuffle the batches."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = refs[:]
+    rng.shuffle(order)
+    cap = min(max_length, tokens)
+    out, cur, longest = [], [], 0
+    for w in range(0, len(order), 64):
+        for ref in sorted(order[w: w + 64], key=lambda r: r.length):
+            n = min(ref.length, cap)
+            if cur and (len(cur) + 1) * max(longest, n) > tokens:
+                out.append(cur)
+                cur, longest = [], 0
+            cur.append(ref)
+            longest = max(longest, n)
+    if cur:
+        out.append(cur)
+    rng.shuffle(out)
+    return out
+
+
+def collate(readers: list[StoreReader], refs: list[Ref], max_length: int) -> dict[str, torch.Tensor]:
+    """Padded batch. hidden: [B, T, layers, H]; dist_mask[b, p]: the target distribution at p
+    is trained (p+1 is an answer token, or p is the last stored answer token: it predicts the
+    end of the answer)."""
+    samples = [readers[r.store][r.index] for r in refs]
+    length = max(min(len(s["token_ids"]), max_length) for s in samples)
+    first = samples[0]["hidden"]
+    batch = {
+        "token_ids": torch.zeros(len(samples), length, dtype=torch.long),
+        "hidden": torch.zeros(len(samples), length, *first.shape[1:]),
+        "dist_mask": torch.zeros(len(samples), length, dtype=torch.bool),
+        "valid": torch.zeros(len(samples), length, dtype=torch.bool),
+    }
+    for b, s in enumerate(samples):
+        n = min(len(s["token_ids"]), max_length)
+        batch["token_ids"][b, :n] = s["token_ids"][:n]
+        batch["hidden"][b, :n] = s["hidden"][:n]
+        mask = s["loss_mask"][:n]
+        batch["dist_mask"][b, : n - 1] = mask[1:]
+        batch["dist_mask"][b, n - 1] = mask[n - 1] and n == len(s["token_ids"])
+        batch["valid"][b, :n] = True
+    return batch
+
+
+def describe(manifest: StoreManifest, train: list[Ref], held: list[Ref]) -> str:
+    tokens = sum(r.length for r in train)
+    return (f"{len(train)} training samples ({tokens} tokens), {len(held)} held out; layers "
+            f"{manifest.layer_ids}, {manifest.dtype}")

@@ -1,0 +1,63 @@
+"""DeepSpeed plumbing: the JSON config derived from the schema, process-group setup, and the
+optimizer + schedule (a torch AdamW handed to DeepSpeed: no fused-op build on CPU)."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import torch
+
+
+def ds_config(cfg, world_size: int) -> dict:
+    extra = dict(cfg.deepspeed.model_extra or {})
+    zero = {"stage": cfg.deepspeed.zero_stage, **extra.pop("zero_optimization", {})}
+    return {
+        **extra,
+        "train_micro_batch_size_per_gpu": 1,  # one packed micro-batch (<= micro_batch_tokens)
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "train_batch_size": cfg.train.grad_accum * world_size,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,  # a torch AdamW is fine, also with offload
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_distributed() -> tuple[int, int]:
+    """Rank and world size; a lone process gets a one-member gloo group without a launcher."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(free_port()))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def optimizer_and_schedule(module, optim, max_steps: int):
+    params = [p for p in module.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr, betas=optim.betas)
+
+    def factor(step: int) -> float:  # linear warmup, then cosine down to min_lr_ratio
+        if step < optim.warmup_steps:
+            return (step + 1) / optim.warmup_steps
+        progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

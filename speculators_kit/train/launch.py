@@ -1,0 +1,41 @@
+"""Start training: in this process for one process, else through DeepSpeed's launcher
+(`--nproc N` processes on this machine, or every host of a DeepSpeed hostfile)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hostfile: str | None) -> int:
+    if nproc == 1 and hostfile is None:
+        from speculators_kit.schema import load_config
+        from speculators_kit.train.recipe import run_training
+
+        result = run_training(load_config(config_path, "train", overrides), resume)
+        import json
+
+        print(json.dumps(result))
+        return 0
+    from speculators_kit.train.ds import free_port
+
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
+           "--master_port", str(free_port()), "--no_local_rank"]
+    if hostfile:
+        cmd += ["--hostfile", hostfile]
+    cmd += ["--module", "speculators_kit.train.recipe", config_path]
+    for item in overrides:
+        cmd += ["--set", item]
+    if resume:
+        cmd.append("--resume")
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores
+    env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    return subprocess.call(cmd, env=env)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,112 @@
+"""The training-time-test objective (EAGLE-3, arXiv 2503.01840) and its acceptance estimate.
+
+Targets are the target model's next-token distributions, recomputed from the stored pre-norm
+last-layer hidden state through the target's final norm and lm_head (frozen buffers, restricted
+to the draft vocabulary and renormalised there, as vLLM can only accept draft-vocab tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from speculators_kit.core.build import target_config
+from speculators_kit.core.format import load_target_tensors, shared_target_weight
+from speculators_kit.core.vocab import draft_ids_of
+
+MOE_BALANCE_WEIGHT = 0.01
+
+
+def step_weights(spec, steps: int) -> list[float]:
+    if spec == "uniform":
+        return [1.0] * steps
+    if spec == "decay":
+        return [0.8**j for j in range(steps)]
+    return list(spec)
+
+
+class DraftTrainModule(nn.Module):
+    """The draft head (trained) plus the target's output layer (frozen buffers)."""
+
+    def __init__(self, head, target_dir, loss_cfg):
+        super().__init__()
+        self.head = head
+        self.kind = loss_cfg.kind
+        self.steps = loss_cfg.ttt_steps
+        self.weights = step_weights(loss_cfg.step_weights, self.steps)
+        tcfg = target_config(target_dir)
+        self.eps = tcfg.get("rms_norm_eps", 1e-6)
+        norm = load_target_tensors(target_dir, ("model.norm.weight",))["model.norm.weight"]
+        lm_head = shared_target_weight(target_dir, "lm_head.weight")
+        self.register_buffer("target_norm", norm.float())
+        self.register_buffer("target_lm_head", lm_head[draft_ids_of(head)].float())
+        for name, p in head.named_parameters():  # shared with the target: never trained
+            if name == "embed_tokens.weight" or (head.config.arch != "eagle3" and name == "lm_head.weight"):
+                p.requires_grad_(False)
+
+    def normed(self, last: torch.Tensor) -> torch.Tensor:
+        x = last.float()
+        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(last.dtype) * self.target_norm
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (loss, stats). stats: [steps + 2] sums for the acceptance estimate and loss:
+        [chains, accepted chains of length 1..steps, weighted positions]."""
+        dtype = self.target_norm.dtype
+        hidden = batch["hidden"].to(dtype)
+        normed = self.normed(hidden[..., -1, :])
+        with torch.no_grad():
+            target_logp = F.log_softmax((normed @ self.target_lm_head.T).float(), dim=-1)
+        feats = hidden[..., :-1, :].flatten(-2) if self.head.config.arch == "eagle3" else normed
+        ids, valid, dist = batch["token_ids"], batch["valid"], batch["dist_mask"]
+        outputs = self.head.forward_train(ids[:, 1:], feats[:, :-1], self.steps, attention_mask=valid[:, 1:])
+        total, matches, masks = 0.0, [], []
+        for j, logits in enumerate(outputs):
+            n = ids.shape[1] - 1 - j  # positions whose step-j prediction exists
+            draft_logp = F.log_softmax(logits[:, :n].float(), dim=-1)
+            tgt = target_logp[:, 1 + j: 1 + j + n]
+            mask = (dist & valid)[:, 1 + j: 1 + j + n]
+            loss = self._loss(draft_logp, tgt)
+            total = total + self.weights[j] * (loss * mask).sum() / mask.sum().clamp(min=1)
+            matches.append(draft_logp.argmax(-1) == tgt.argmax(-1))
+            masks.append(mask)
+        total = total / sum(self.weights) + MOE_BALANCE_WEIGHT * self._balance()
+        return total, chain_stats(matches, masks)
+
+    def _loss(self, draft_logp, target_logp):
+        if self.kind == "kl":
+            return F.kl_div(draft_logp, target_logp, log_target=True, reduction="none").sum(-1)
+        if self.kind == "ce":  # hard distillation: the target's greedy token
+            return -draft_logp.gather(-1, target_logp.argmax(-1, keepdim=True)).squeeze(-1)
+        return 0.5 * (draft_logp.exp() - target_logp.exp()).abs().sum(-1)
+
+    def _balance(self):
+        losses = [m.balance_loss for m in self.head.modules() if hasattr(m, "balance_loss")]
+        return sum(losses) / len(losses) if losses else 0.0
+
+
+def chain_stats(matches: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    """Greedy acceptance of a k-step chain started at each position where all k steps are
+    trained: [chains, accepted through step 1, ..., through step k, weighted positions]."""
+    k = len(matches)
+    n = matches[-1].shape[1]
+    ok = torch.ones_like(masks[-1])
+    for m in masks:
+        ok = ok & m[:, :n]
+    stats = [ok.sum()]
+    chain = ok
+    for j in range(k):
+        chain = chain & matches[j][:, :n]
+        stats.append(chain.sum())
+    stats.append(masks[0].sum())
+    return torch.stack(stats).double()
+
+
+def tau_from_stats(stats: torch.Tensor) -> tuple[float, list[float]]:
+    """τ = 1 + E[accepted draft tokens]; also the conditional acceptance per position."""
+    chains = float(stats[0])
+    if chains == 0:
+        return 1.0, []
+    through = [float(x) / chains for x in stats[1:-1]]
+    per_pos = [through[0]] + [b / a if a else 0.0 for a, b in zip(through, through[1:])]
+    return 1.0 + sum(through), per_pos

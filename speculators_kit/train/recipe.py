@@ -1,0 +1,268 @@
+"""The draft-training recipe: setup -> train (with eval and checkpoints) -> cleanup.
+
+Runs in every DeepSpeed process (`python -m speculators_kit.train.recipe CONFIG ...` under the
+launcher, or in-process for one process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.train import checkpoint, data
+from speculators_kit.train.objective import tau_from_stats
+
+
+@dataclass
+class Run:
+    cfg: object
+    rank: int
+    world: int
+    target: Path
+    out: Path
+    readers: list
+    train_refs: list
+    held_refs: list
+    module: object = None
+    engine: object = None
+    identity: dict = field(default_factory=dict)
+    step: int = 0
+    epoch: int = 0
+    pos: int = 0  # optimizer steps done inside the current epoch
+    log: object = None
+
+
+def setup(cfg, resume: bool) -> Run:
+    from speculators_kit.core.fingerprint import target_fingerprint
+    from speculators_kit.target.embedded import resolve_target
+    from speculators_kit.train.ds import init_distributed
+
+    target = resolve_target(cfg.target.path)
+    fingerprint = target_fingerprint(target)
+    readers = data.open_stores(cfg.data.stores, fingerprint, None)
+    manifest = readers[0].manifest
+    out = Path(cfg.output.dir).expanduser()
+    ckpt = _resume_point(out, resume)
+    rank, world = init_distributed()
+    train_refs, held_refs = data.split(readers, cfg.data.eval_fraction, cfg.data.max_length)
+    run = Run(cfg, rank, world, target, out, readers, train_refs, held_refs)
+    run.identity = {"draft": cfg.draft.model_dump(), "precision": cfg.precision,
+                    "target_fingerprint": fingerprint, "layer_ids": manifest.layer_ids,
+                    "zero_stage": cfg.deepspeed.zero_stage, "world_size": world}
+    _build_engine(run)
+    if ckpt is not None:
+        state = checkpoint.read_state(ckpt)
+        checkpoint.check_resumable(state, run.identity, ckpt)
+        run.engine.load_checkpoint(str(ckpt), tag="deepspeed")
+        run.step, run.epoch, run.pos = state["step"], state["epoch"], state["pos"]
+    if rank == 0:
+        run.log = _Logger(out, cfg, keep_until=run.step if ckpt else 0)
+        run.log.console(f"train: {data.describe(manifest, train_refs, held_refs)}; {world} process(es), "
+                        f"ZeRO {cfg.deepspeed.zero_stage}, {cfg.precision}"
+                        + (f"; resuming at step {run.step} from {ckpt}" if ckpt else ""))
+    return run
+
+
+def _resume_point(out: Path, resume: bool):
+    ckpt = checkpoint.latest(out)
+    if resume and ckpt is None:
+        raise SpecKitError(f"--resume: no checkpoint in {checkpoint.root(out)}; start without --resume")
+    if not resume and ckpt is not None:
+        raise SpecKitError(f"{out} already holds checkpoints of a run; pass --resume to continue "
+                           f"it, or choose another output.dir")
+    return ckpt
+
+
+def _build_engine(run: Run) -> None:
+    import deepspeed
+
+    from speculators_kit.train.ds import ds_config, optimizer_and_schedule
+    from speculators_kit.train.heads import build_head
+    from speculators_kit.train.objective import DraftTrainModule
+
+    cfg = run.cfg
+    head = build_head(cfg, run.target, run.readers)
+    run.module = DraftTrainModule(head, run.target, cfg.loss)
+    opt, sched = optimizer_and_schedule(run.module, cfg.optim, cfg.train.max_steps)
+    run.engine, _, _, _ = deepspeed.initialize(model=run.module, optimizer=opt, lr_scheduler=sched,
+                                               config=ds_config(cfg, run.world))
+
+
+def train(run: Run) -> dict:
+    cfg = run.cfg
+    t = cfg.train
+    per_step = run.world * t.grad_accum
+    last_eval = evaluate(run) if run.step == 0 else None
+    tokens, start, losses = 0, time.perf_counter(), []
+    bar = _bar(run)
+    while run.step < t.max_steps:
+        order = data.batches(run.train_refs, t.micro_batch_tokens, cfg.data.max_length, cfg.data.seed, run.epoch)
+        steps_in_epoch = len(order) // per_step
+        if steps_in_epoch == 0:
+            raise SpecKitError(f"the training data makes {len(order)} micro-batches, fewer than one "
+                               f"optimizer step needs ({per_step}); lower train.micro_batch_tokens "
+                               f"or grad_accum, or add samples")
+        while run.pos < steps_in_epoch and run.step < t.max_steps:
+            loss, n = _one_step(run, order, per_step)
+            run.step, run.pos = run.step + 1, run.pos + 1
+            tokens, losses = tokens + n, losses + [loss]
+            if bar:
+                bar.update(1)
+            if run.step % t.log_every == 0 or run.step == t.max_steps:
+                _log_train(run, losses, tokens, start, bar)
+                losses = []
+            if run.step % t.eval_every == 0 or run.step == t.max_steps:
+                last_eval = evaluate(run)
+            if run.step % t.save_every == 0 or run.step == t.max_steps:
+                _save(run)
+        if run.pos >= steps_in_epoch:
+            run.epoch, run.pos = run.epoch + 1, 0
+    if bar:
+        bar.close()
+    return {"step": run.step, "eval": last_eval, "draft": str(run.out / "draft")}
+
+
+def _one_step(run: Run, order, per_step: int) -> tuple[float, int]:
+    run.engine.train()
+    total, tokens = 0.0, 0
+    for a in range(run.cfg.train.grad_accum):
+        refs = order[run.pos * per_step + a * run.world + run.rank]
+        batch = data.collate(run.readers, refs, run.cfg.data.max_length)
+        loss, _ = run.engine(batch)
+        run.engine.backward(loss)
+        run.engine.step()
+        total += float(loss.detach()) / run.cfg.train.grad_accum
+        tokens += int(batch["valid"].sum())
+    stats = torch.tensor([total, tokens], dtype=torch.float64)
+    dist.all_reduce(stats)
+    return float(stats[0]) / run.world, int(stats[1])
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict | None:
+    if not run.held_refs:
+        return None
+    cfg = run.cfg
+    refs = run.held_refs[: cfg.train.eval_samples]
+    order = data.batches(refs, cfg.train.micro_batch_tokens, cfg.data.max_length, cfg.data.seed, 0)
+    run.engine.eval()
+    sums = torch.zeros(cfg.loss.ttt_steps + 3, dtype=torch.float64)
+    for i in range(run.rank, len(order), run.world):
+        loss, stats = run.engine(data.collate(run.readers, order[i], cfg.data.max_length))
+        sums[:-1] += stats.cpu()
+        sums[-1] += float(loss) * len(order[i])
+    dist.all_reduce(sums)
+    tau, per_pos = tau_from_stats(sums[:-1])
+    result = {"step": run.step, "eval_loss": float(sums[-1]) / len(refs), "tau": tau,
+              "accept_per_pos": per_pos, "k": cfg.loss.ttt_steps}
+    if run.log:
+        run.log.record(result)
+        run.log.console(f"eval step {run.step}: loss {result['eval_loss']:.4f}, tau {tau:.3f} "
+                        f"(k={cfg.loss.ttt_steps}), acceptance per position "
+                        f"{[round(x, 3) for x in per_pos]}")
+    return result
+
+
+def _save(run: Run) -> None:
+    state = {"step": run.step, "epoch": run.epoch, "pos": run.pos, "identity": run.identity,
+             "config": run.cfg.model_dump(mode="json")}
+    provenance = {"created_by": "speckit train", "config": state["config"],
+                  "stores": [str(Path(s).resolve()) for s in run.cfg.data.stores]}
+    ckpt = checkpoint.save(run.engine, run.module, run.target, run.out, run.step, state,
+                           run.cfg.train.keep_last, provenance)
+    if run.rank == 0:
+        draft = checkpoint.publish_draft(ckpt, run.out)
+        run.log.console(f"saved {ckpt} and {draft}")
+    dist.barrier()
+
+
+def _log_train(run: Run, losses, tokens, start, bar) -> None:
+    if run.log is None:
+        return
+    lr = run.engine.get_lr()[0]
+    rate = tokens / max(time.perf_counter() - start, 1e-9)
+    row = {"step": run.step, "loss": sum(losses) / len(losses), "lr": lr, "tokens_per_s": rate,
+           "epoch": run.epoch}
+    run.log.record(row)
+    if bar:
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+
+
+def _bar(run: Run):
+    if run.rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=run.cfg.train.max_steps, initial=run.step, unit="step", desc="train",
+                dynamic_ncols=True, file=sys.stderr)
+
+
+class _Logger:
+    """Rank 0: metrics.jsonl (cut back to the resume step), TensorBoard, the console."""
+
+    def __init__(self, out: Path, cfg, keep_until: int):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "metrics.jsonl"
+        rows = []
+        if keep_until and self.path.is_file():
+            rows = [r for r in map(json.loads, self.path.read_text().splitlines()) if r["step"] <= keep_until]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "resolved_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=1))
+        self.tb = None
+        if cfg.logging.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def record(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, row["step"])
+            self.tb.flush()
+
+    @staticmethod
+    def console(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run_training(cfg, resume: bool = False) -> dict:
+    run = setup(cfg, resume)
+    try:
+        return train(run)
+    finally:
+        if run.log and run.log.tb:
+            run.log.tb.close()
+
+
+def main(argv=None) -> int:
+    """Entry point of each launched process."""
+    from speculators_kit.schema import load_config
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        result = run_training(load_config(args.config, "train", args.set), args.resume)
+    except SpecKitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if dist.get_rank() == 0:
+        print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -123,6 +123,8 @@ def save_draft(head: DraftHead, out_dir: str | os.PathLike, target_dir=None, ove
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(head.config.to_json_dict(), indent=2) + "\n")
         tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # mkdtemp's private mode would otherwise carry over to shared drafts
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -47,16 +47,17 @@ class DraftTrainModule(nn.Module):
 
     def normed(self, last: torch.Tensor) -> torch.Tensor:
         x = last.float()
-        return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(last.dtype) * self.target_norm
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.target_norm.float()
+        return x.to(last.dtype)
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (loss, stats). stats: [steps + 2] sums for the acceptance estimate and loss:
         [chains, accepted chains of length 1..steps, weighted positions]."""
-        dtype = self.target_norm.dtype
+        dtype = self.head.fc.weight.dtype  # the engine's compute dtype (bf16 or fp32)
         hidden = batch["hidden"].to(dtype)
         normed = self.normed(hidden[..., -1, :])
         with torch.no_grad():
-            target_logp = F.log_softmax((normed @ self.target_lm_head.T).float(), dim=-1)
+            target_logp = F.log_softmax(normed @ self.target_lm_head.to(dtype).T, dim=-1, dtype=torch.float32)
         feats = hidden[..., :-1, :].flatten(-2) if self.head.config.arch == "eagle3" else normed
         ids, valid, dist = batch["token_ids"], batch["valid"], batch["dist_mask"]
         outputs = self.head.forward_train(ids[:, 1:], feats[:, :-1], self.steps, attention_mask=valid[:, 1:])

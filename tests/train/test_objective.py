@@ -1,0 +1,94 @@
+"""The TTT objective against a naive reference built from the tiny target's own HF modules."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from speculators_kit.core.build import draft_config_for_target, init_draft
+from speculators_kit.core.vocab import apply_draft_vocab, select_draft_vocab
+from speculators_kit.train.objective import DraftTrainModule, chain_stats, tau_from_stats
+
+
+def batch_for(target_dir, lengths, answer_from, layer_ids, seed=0):
+    """Hidden states from the real tiny target (HF), padded like the collate function does."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).eval()
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    out = {"token_ids": torch.zeros(len(lengths), T, dtype=torch.long),
+           "hidden": torch.zeros(len(lengths), T, len(layer_ids), 64),
+           "dist_mask": torch.zeros(len(lengths), T, dtype=torch.bool),
+           "valid": torch.zeros(len(lengths), T, dtype=torch.bool)}
+    captured = {}
+    model.model.norm.register_forward_pre_hook(lambda m, a: captured.update(x=a[0]))
+    for b, n in enumerate(lengths):
+        ids = torch.randint(8, 256, (n,), generator=g)
+        with torch.no_grad():
+            hs = model(input_ids=ids[None], output_hidden_states=True).hidden_states
+        layers = [hs[k][0] for k in layer_ids[:-1]] + [captured["x"][0]]
+        out["token_ids"][b, :n] = ids
+        out["hidden"][b, :n] = torch.stack(layers, 1)
+        out["dist_mask"][b, answer_from - 1: n] = True
+        out["valid"][b, :n] = True
+    return out, model
+
+
+def naive_loss(module, model, batch, kind, steps, weights, draft_ids):
+    """Loop over positions: step-j logits at t vs the target distribution of position t+1+j."""
+    outputs = module.head.forward_train(batch["token_ids"][:, 1:], batch["hidden"][..., :-1, :].flatten(-2)[:, :-1],
+                                        steps, attention_mask=batch["valid"][:, 1:])
+    total = 0.0
+    for j, logits in enumerate(outputs):
+        num, den = 0.0, 0
+        for b in range(logits.shape[0]):
+            for t in range(logits.shape[1]):
+                p = t + 1 + j
+                if p >= batch["token_ids"].shape[1] or not (batch["valid"][b, p] and batch["dist_mask"][b, p]):
+                    continue
+                full = model.lm_head(model.model.norm(batch["hidden"][b, p, -1]))
+                target = F.softmax(full[draft_ids], -1)
+                draft = F.softmax(logits[b, t], -1)
+                if kind == "kl":
+                    num += (target * (target.log() - draft.log())).sum()
+                elif kind == "ce":
+                    num += -draft[target.argmax()].log()
+                else:
+                    num += 0.5 * (target - draft).abs().sum()
+                den += 1
+        total += weights[j] * num / den
+    return total / sum(weights)
+
+
+@pytest.mark.parametrize("kind", ["kl", "ce", "tv"])
+def test_ttt_loss_matches_naive_reference(tiny_llama, kind):
+    cfg = draft_config_for_target(tiny_llama, "eagle3", 1, 96, [1, 2], 3)
+    head = init_draft(cfg, tiny_llama, "random", seed=1)
+    counts = torch.arange(256).flip(0)  # any counts: the mapping is what matters
+    draft_ids = select_draft_vocab(counts, 96, [2])
+    apply_draft_vocab(head, draft_ids)
+    loss_cfg = SimpleNamespace(kind=kind, ttt_steps=2, step_weights="decay")
+    module = DraftTrainModule(head, Path(tiny_llama), loss_cfg)
+    batch, model = batch_for(tiny_llama, [12, 9], answer_from=4, layer_ids=[1, 2, 4])
+    loss, stats = module(batch)
+    with torch.no_grad():
+        expected = naive_loss(module, model, batch, kind, 2, [1.0, 0.8], draft_ids)
+    assert torch.allclose(loss, expected.float(), rtol=1e-4, atol=1e-6), (loss, expected)
+    assert stats[-1] == batch["dist_mask"][:, 1:].sum()  # every trained step-0 position counted
+    loss.backward()  # and the loss trains the head, not the frozen embedding
+    assert head.fc.weight.grad is not None and head.embed_tokens.weight.grad is None
+
+
+def test_tau_estimate_from_chain_counts():
+    # three chains of k=3: accepted 0, 2 and 3 tokens; a fourth position is not a full chain
+    match = [torch.tensor([[False, True, True, True]]), torch.tensor([[True, True, True, False]]),
+             torch.tensor([[True, False, True, True]])]
+    mask = [torch.tensor([[True, True, True, False]])] * 3
+    stats = chain_stats(match, mask)
+    assert stats.tolist() == [3, 2, 2, 1, 3]
+    tau, per_pos = tau_from_stats(stats)
+    assert tau == pytest.approx(1 + (0 + 2 + 3) / 3)
+    assert per_pos == pytest.approx([2 / 3, 1.0, 0.5])

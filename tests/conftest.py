@@ -29,3 +29,23 @@ def smollm2():
     from speculators_kit.target.embedded import prepare
 
     return prepare()
+
+
+@pytest.fixture(scope="session")
+def smollm2_store(tmp_path_factory, smollm2):
+    """~300 GSM8K training questions answered by SmolLM2 itself (greedy, 128 new tokens) and
+    captured through vLLM: the shipped datagen config, smaller. ~6.5 min here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("smollm2") / "store"
+    gsm8k = root.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
+    cmd = [sys.executable, "-m", "speculators_kit.cli", "datagen",
+           str(root / "configs" / "datagen" / "smollm2-gsm8k.yaml"),
+           "--set", "data.limit=300", "--set", "regenerate.max_new_tokens=128",
+           "--set", f"data.path={gsm8k}", "--set", f"output.dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return out

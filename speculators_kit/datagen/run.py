@@ -14,7 +14,11 @@ from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.fingerprint import target_fingerprint
 from speculators_kit.core.store import StoreManifest, sample_id
 from speculators_kit.datagen.prepare import (
-    Prepared, load_tokenizer, prepare, read_records, user_prefix_ids,
+    Prepared,
+    load_tokenizer,
+    prepare,
+    read_records,
+    user_prefix_ids,
 )
 from speculators_kit.datagen.writer import StoreWriter
 from speculators_kit.target.embedded import resolve_target

@@ -17,7 +17,14 @@ from safetensors.torch import save_file
 
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.store import (
-    MANIFEST, TOKEN_FREQ, ShardInfo, StoreManifest, StoreReader, encode_hidden, file_sha256, read_manifest,
+    MANIFEST,
+    TOKEN_FREQ,
+    ShardInfo,
+    StoreManifest,
+    StoreReader,
+    encode_hidden,
+    file_sha256,
+    read_manifest,
     write_json_atomic,
 )
 
@@ -49,9 +56,8 @@ class StoreWriter:
     def _remove_uncommitted(self) -> None:
         listed = {s.name for s in self.manifest.shards}
         for path in self.dir.iterdir():
-            if path.name.startswith(".") and path.name.endswith(".tmp"):
-                path.unlink()
-            elif path.name.startswith("shard-") and path.name not in listed:
+            temp = path.name.startswith(".") and path.name.endswith(".tmp")
+            if temp or (path.name.startswith("shard-") and path.name not in listed):
                 path.unlink()
 
     def _load_counts(self) -> torch.Tensor:

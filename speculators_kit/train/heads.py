@@ -3,7 +3,6 @@ aux layers from the stores, draft vocabulary from the stores' token frequencies.
 
 from __future__ import annotations
 
-
 from speculators_kit.core.build import draft_config_for_target, init_draft, target_config
 from speculators_kit.core.config import MoESpec
 from speculators_kit.core.errors import SpecKitError

@@ -44,6 +44,7 @@ def setup(cfg, resume: bool) -> Run:
     from speculators_kit.core.fingerprint import target_fingerprint
     from speculators_kit.target.embedded import resolve_target
     from speculators_kit.train.ds import init_distributed
+    from speculators_kit.train.heads import build_head
 
     target = resolve_target(cfg.target.path)
     fingerprint = target_fingerprint(target)
@@ -51,13 +52,14 @@ def setup(cfg, resume: bool) -> Run:
     manifest = readers[0].manifest
     out = Path(cfg.output.dir).expanduser()
     ckpt = _resume_point(out, resume)
+    head = build_head(cfg, target, readers)  # all config checks before any process group exists
     rank, world = init_distributed()
     train_refs, held_refs = data.split(readers, cfg.data.eval_fraction, cfg.data.max_length)
     run = Run(cfg, rank, world, target, out, readers, train_refs, held_refs)
     run.identity = {"draft": cfg.draft.model_dump(), "precision": cfg.precision,
                     "target_fingerprint": fingerprint, "layer_ids": manifest.layer_ids,
                     "zero_stage": cfg.deepspeed.zero_stage, "world_size": world}
-    _build_engine(run)
+    _build_engine(run, head)
     if ckpt is not None:
         state = checkpoint.read_state(ckpt)
         checkpoint.check_resumable(state, run.identity, ckpt)
@@ -81,15 +83,13 @@ def _resume_point(out: Path, resume: bool):
     return ckpt
 
 
-def _build_engine(run: Run) -> None:
+def _build_engine(run: Run, head) -> None:
     import deepspeed
 
     from speculators_kit.train.ds import ds_config, optimizer_and_schedule
-    from speculators_kit.train.heads import build_head
     from speculators_kit.train.objective import DraftTrainModule
 
     cfg = run.cfg
-    head = build_head(cfg, run.target, run.readers)
     run.module = DraftTrainModule(head, run.target, cfg.loss)
     opt, sched = optimizer_and_schedule(run.module, cfg.optim, cfg.train.max_steps)
     run.engine, _, _, _ = deepspeed.initialize(model=run.module, optimizer=opt, lr_scheduler=sched,
@@ -101,7 +101,7 @@ def train(run: Run) -> dict:
     t = cfg.train
     per_step = run.world * t.grad_accum
     last_eval = evaluate(run) if run.step == 0 else None
-    tokens, start, losses = 0, time.perf_counter(), []
+    window = {"tokens": 0, "seconds": 0.0, "losses": []}  # since the last log line; training only
     bar = _bar(run)
     while run.step < t.max_steps:
         order = data.batches(run.train_refs, t.micro_batch_tokens, cfg.data.max_length, cfg.data.seed, run.epoch)
@@ -111,14 +111,17 @@ def train(run: Run) -> dict:
                                f"optimizer step needs ({per_step}); lower train.micro_batch_tokens "
                                f"or grad_accum, or add samples")
         while run.pos < steps_in_epoch and run.step < t.max_steps:
+            began = time.perf_counter()
             loss, n = _one_step(run, order, per_step)
             run.step, run.pos = run.step + 1, run.pos + 1
-            tokens, losses = tokens + n, losses + [loss]
+            window["tokens"] += n
+            window["seconds"] += time.perf_counter() - began
+            window["losses"].append(loss)
             if bar:
                 bar.update(1)
             if run.step % t.log_every == 0 or run.step == t.max_steps:
-                _log_train(run, losses, tokens, start, bar)
-                losses = []
+                _log_train(run, window, bar)
+                window = {"tokens": 0, "seconds": 0.0, "losses": []}
             if run.step % t.eval_every == 0 or run.step == t.max_steps:
                 last_eval = evaluate(run)
             if run.step % t.save_every == 0 or run.step == t.max_steps:
@@ -184,13 +187,14 @@ def _save(run: Run) -> None:
     dist.barrier()
 
 
-def _log_train(run: Run, losses, tokens, start, bar) -> None:
+def _log_train(run: Run, window: dict, bar) -> None:
     if run.log is None:
         return
     lr = run.engine.get_lr()[0]
-    rate = tokens / max(time.perf_counter() - start, 1e-9)
-    row = {"step": run.step, "loss": sum(losses) / len(losses), "lr": lr, "tokens_per_s": rate,
-           "epoch": run.epoch}
+    steps = len(window["losses"])
+    rate = window["tokens"] / max(window["seconds"], 1e-9)
+    row = {"step": run.step, "loss": sum(window["losses"]) / steps, "lr": lr, "tokens_per_s": rate,
+           "step_s": window["seconds"] / steps, "epoch": run.epoch}
     run.log.record(row)
     if bar:
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")

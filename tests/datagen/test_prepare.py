@@ -5,7 +5,12 @@ from types import SimpleNamespace
 import pytest
 
 from speculators_kit.core.errors import SpecKitError
-from speculators_kit.datagen.prepare import load_tokenizer, prepare, render_with_mask, user_prefix_ids
+from speculators_kit.datagen.prepare import (
+    load_tokenizer,
+    prepare,
+    render_with_mask,
+    user_prefix_ids,
+)
 
 # A Qwen3-style template: earlier assistant turns lose their <think> block, the last keeps it.
 THINK_TEMPLATE = (

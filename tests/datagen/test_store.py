@@ -7,7 +7,12 @@ import torch
 
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.store import (
-    MANIFEST, StoreManifest, StoreReader, decode_hidden, encode_hidden, sample_id,
+    MANIFEST,
+    StoreManifest,
+    StoreReader,
+    decode_hidden,
+    encode_hidden,
+    sample_id,
 )
 from speculators_kit.datagen import writer as writer_mod
 from speculators_kit.datagen.writer import StoreWriter

@@ -1,0 +1,73 @@
+"""Bad training configs: exit 1, one line naming the problem and the fix, no output written."""
+
+import json
+import re
+
+import pytest
+
+from speculators_kit.cli import main
+from speculators_kit.core.store import StoreManifest
+from speculators_kit.datagen.writer import StoreWriter
+
+
+def fails(capsys, cfg, tmp_path, expected):
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert re.search(expected, err[0]), err[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sections, expected", [
+    ({"optim": {"lr": 1e-3, "warmup": 5}}, r"unknown key 'optim.warmup' \(allowed here: .*warmup_steps"),
+    ({"deepspeed": {"zero_stage": 4}}, r"deepspeed.zero_stage: Input should be less than or equal to 2"),
+    ({"deepspeed": {"zero_stage": 1, "train_batch_size": 8}}, r"deepspeed.train_batch_size is derived"),
+    ({"deepspeed": {"zero_optimization": {"stage": 3}}}, r"zero_optimization.stage is set by deepspeed.zero_stage"),
+    ({"precision": "fp16"}, r"precision: Input should be 'bf16' or 'fp32'"),
+    ({"draft": {"draft_vocab_size": 300}}, r"draft_vocab_size 300 is larger than the target vocab 256"),
+    ({"loss": {"ttt_steps": 2, "step_weights": [1.0]}}, r"step_weights has 1 entries for ttt_steps 2"),
+    ({"draft": {"arch": "eagle", "draft_vocab_size": None, "moe": {"experts": 2}}}, r"MoE draft layers .* need draft.arch eagle3"),
+])
+def test_bad_config(train_config, capsys, tmp_path, sections, expected):
+    fails(capsys, train_config(**sections), tmp_path, expected)
+
+
+def empty_store(path, fingerprint, layer_ids, vocab=256):
+    StoreWriter(path, StoreManifest(target_fingerprint=fingerprint, target_name="x", num_target_layers=4,
+                                    layer_ids=layer_ids, dtype="fp32", hidden_size=64, vocab_size=vocab))
+    return path
+
+
+def test_store_problems(train_config, capsys, tmp_path, tiny_store, tiny_targets):
+    from speculators_kit.core.fingerprint import target_fingerprint
+
+    cfg = train_config(target={"path": str(tiny_targets["qwen3"])})
+    fails(capsys, cfg, tmp_path, r"store .* was made from another target .*same target")
+    fp = target_fingerprint(tiny_targets["llama"])
+    empty = empty_store(tmp_path / "empty", fp, [1, 2, 4])
+    fails(capsys, train_config(data={"stores": [str(empty)]}), tmp_path, r"store .*empty.* is empty: run speckit datagen")
+    last_only = empty_store(tmp_path / "last", fp, [4])
+    cfg = train_config(data={"stores": [str(tiny_store), str(last_only)]})
+    fails(capsys, cfg, tmp_path, r"holds layers \[4\] but .* holds \[1, 2, 4\]")
+    fails(capsys, train_config(data={"stores": [str(tmp_path / "nope")]}), tmp_path,
+          r"store .*nope does not exist \(run `speckit datagen`")
+
+
+def test_aux_layers_missing_from_the_store(train_config, capsys, tmp_path, tiny_llama):
+    """A store captured with only the last layer cannot feed an EAGLE-3 head."""
+    (tmp_path / "q.jsonl").write_text(json.dumps({"q": "one and two"}) + "\n")
+    dg = tmp_path / "dg.yaml"
+    dg.write_text(json.dumps({"target": {"path": str(tiny_llama)},
+                              "data": {"path": str(tmp_path / "q.jsonl"), "prompt_field": "q"},
+                              "regenerate": {"enabled": True, "max_new_tokens": 8},
+                              "capture": {"backend": "hf", "layers": [4], "dtype": "fp32"},
+                              "output": {"dir": str(tmp_path / "last")}}))
+    assert main(["datagen", str(dg)]) == 0
+    capsys.readouterr()
+    cfg = train_config(data={"stores": [str(tmp_path / "last")], "eval_fraction": 0.0})
+    fails(capsys, cfg, tmp_path, r"stores hold only the last layer; EAGLE-3 needs aux layers")
+
+
+def test_resume_without_a_checkpoint(train_config, capsys, tmp_path):
+    assert main(["train", str(train_config()), "--resume"]) == 1
+    assert "--resume: no checkpoint in" in capsys.readouterr().err

@@ -11,7 +11,6 @@ from speculators_kit.core.errors import SpecKitError
 
 PENDING = {
     "convert": "import EAGLE / EAGLE-3 / HASS / speculators checkpoints (convert issue)",
-    "eval": "measure tau and speedup in vLLM (eval issue)",
     "quickstart": "the whole pipeline on the embedded target (eval & quickstart issue)",
 }
 
@@ -115,6 +114,22 @@ def cmd_train(args) -> int:
     return launch(args.config, args.set, args.nproc, args.resume, args.hostfile)
 
 
+def cmd_eval(args) -> int:
+    from pathlib import Path
+
+    from speculators_kit.eval.run import evaluate
+
+    summary = evaluate(args.target, args.draft, args.prompts, Path(args.out), args.num_prompts, args.k,
+                       args.temperature, args.max_new_tokens, args.engine, args.baseline, args.seed,
+                       args.concurrency, log=lambda m: print(m, file=sys.stderr))
+    print((Path(args.out) / "report.md").read_text())
+    if summary.get("greedy_identical") is False:
+        print("error: speculative outputs differ from target-only outputs at temperature 0",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from speculators_kit.datagen.inspect import describe_store
 
@@ -188,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostfile", default=None, help="DeepSpeed hostfile for several machines")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="tau and speedup of a draft vs target-only (vLLM or HF)")
+    p.add_argument("--target", default="smollm2-135m-instruct")
+    p.add_argument("--draft", default=None, help="draft directory (omit for target-only timing)")
+    p.add_argument("--prompts", default="mt-bench", help="mt-bench | humaneval | gsm8k | PATH.jsonl")
+    p.add_argument("--num-prompts", type=int, default=None)
+    p.add_argument("--k", type=int, default=5, help="speculative tokens per step")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    p.add_argument("--baseline", choices=["ngram"], default=None)
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight (1 = batch 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("inspect", help="summarise a hidden-state store")
     p.add_argument("store")

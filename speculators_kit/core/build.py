@@ -74,7 +74,10 @@ def draft_config_for_target(
         },
     }
     if kind == "eagle3":
-        data["eagle_aux_hidden_state_layer_ids"] = aux_layer_ids or default_aux_layers(tcfg["num_hidden_layers"])
+        aux = aux_layer_ids or default_aux_layers(tcfg["num_hidden_layers"])
+        data["eagle_aux_hidden_state_layer_ids"] = aux
+        # vLLM 0.32 sizes fc from this layer-config key (it assumes 3 aux layers without it).
+        layer["num_aux_hidden_states"] = len(aux)
     else:
         data["fc_bias"] = False
     try:

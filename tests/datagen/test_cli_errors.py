@@ -78,3 +78,21 @@ def test_adding_to_a_store_from_another_target(write_config, capsys, tmp_path, t
     # the same command again adds nothing: every input is already in the store
     assert main(["datagen", str(config), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 0
+
+
+def test_self_made_conversations_are_seeded_and_unique(write_config, tmp_path, tiny_llama):
+    """`source: self` (Magpie): the target writes user turns from its template's user prefix,
+    then answers them; the same seed gives the same samples, duplicates are dropped."""
+    from speculators_kit.core.store import StoreReader
+    from speculators_kit.datagen.prepare import load_tokenizer
+
+    stores = []
+    for name in ("a", "b"):
+        cfg = write_config(f"{name}.yaml", data={"source": "self", "limit": 5, "seed": 3},
+                           output={"dir": str(tmp_path / name)})
+        assert main(["datagen", str(cfg)]) == 0
+        stores.append(StoreReader(tmp_path / name))
+    assert stores[0].sample_ids() == stores[1].sample_ids()
+    assert len(set(stores[0].sample_ids())) == 5
+    text = load_tokenizer(tiny_llama).decode(stores[0][0]["token_ids"])
+    assert text.startswith("<|im_start|>user\n") and "<|im_end|>\n<|im_start|>assistant\n" in text

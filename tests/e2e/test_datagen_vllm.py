@@ -99,3 +99,19 @@ def test_sigkill_mid_capture_then_resume(vllm_store, tiny_llama):
     reader = StoreReader(tmp / "killed")
     assert sorted(reader.sample_ids()) == sorted(StoreReader(store).sample_ids())
     assert len(reader.sample_ids()) == N and reader.verify() == []
+
+
+def test_moe_target_capture_in_vllm_matches_hf(tmp_path, tiny_targets):
+    """A tiny Qwen3-MoE target runs in vLLM on CPU; its store equals the HF backend's
+    (same greedy answers; hidden states within 1e-4: expert routing sums in another order)."""
+    from speculators_kit.cli import main
+
+    moe = tiny_targets["qwen3_moe"]
+    proc = speckit("datagen", str(config(tmp_path, moe, tmp_path / "vllm")))
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert main(["datagen", str(config(tmp_path, moe, tmp_path / "hf", backend="hf"))]) == 0
+    a, b = StoreReader(tmp_path / "vllm"), StoreReader(tmp_path / "hf")
+    assert a.sample_ids() == b.sample_ids() and len(a) == N
+    for i in range(N):
+        assert (a[i]["hidden"] - b[i]["hidden"]).abs().max() < 1e-4

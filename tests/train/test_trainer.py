@@ -4,6 +4,7 @@ same curve, checkpoints load as drafts, bad configs fail with one clear line."""
 import shutil
 
 import pytest
+import yaml
 
 from tests.train.conftest import losses, speckit
 
@@ -85,3 +86,21 @@ def test_eagle1_and_hass_train(train_config, tmp_path, tiny_llama):
         result = speckit("train", cfg)
         assert result.returncode == 0, result.stderr[-3000:]
         assert load_draft(out / "draft", target_dir=tiny_llama).config.arch == "eagle"
+
+
+def test_store_from_a_moe_target_trains_unchanged(tmp_path, tiny_targets, train_config):
+    from speculators_kit.cli import main
+
+    moe = tiny_targets["qwen3_moe"]
+    (tmp_path / "q.jsonl").write_text("".join(f'{{"q": "add {i} to {i + 4}"}}\n' for i in range(8)))
+    dg = tmp_path / "dg.yaml"
+    dg.write_text(yaml.safe_dump({
+        "target": {"path": str(moe)}, "data": {"path": str(tmp_path / "q.jsonl"), "prompt_field": "q"},
+        "regenerate": {"enabled": True, "max_new_tokens": 12},
+        "capture": {"backend": "hf", "layers": "auto", "dtype": "bf16"}, "output": {"dir": str(tmp_path / "s")}}))
+    assert main(["datagen", str(dg)]) == 0
+    cfg = train_config(target={"path": str(moe)}, data={"stores": [str(tmp_path / "s")], "eval_fraction": 0.0},
+                       train={"max_steps": 2})
+    result = speckit("train", cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "draft" / "config.json").is_file()

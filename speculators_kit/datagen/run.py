@@ -24,6 +24,7 @@ from speculators_kit.datagen.writer import StoreWriter
 from speculators_kit.target.embedded import resolve_target
 
 STAGING = ".staging"
+SELF_PROMPTS = ".self_prompts.json"
 
 
 def resolve_layers(layers, num_layers: int) -> list[int]:
@@ -79,6 +80,27 @@ def self_instruct(backend, tokenizer, data) -> list[dict]:
     return questions
 
 
+def _self_records(cfg, target, manifest, tokenizer, out_dir: Path):
+    """Magpie questions, made once and kept beside the store (`.self_prompts.json`), so a resumed
+    run answers the same questions instead of sampling new ones."""
+    import json
+    import os
+
+    cache = out_dir / SELF_PROMPTS
+    key = {"seed": cfg.data.seed, "limit": cfg.data.limit, "target": manifest.target_fingerprint}
+    if cache.is_file():
+        saved = json.loads(cache.read_text())
+        if saved["key"] == key:
+            return saved["records"], None
+    backend = make_backend(cfg, target, manifest.layer_ids, out_dir)
+    records = self_instruct(backend, tokenizer, cfg.data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "records": records}))
+    os.replace(tmp, cache)
+    return records, backend
+
+
 def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
     target = resolve_target(cfg.target.path)
     manifest = build_manifest(cfg, target)
@@ -86,8 +108,7 @@ def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
     out_dir = Path(cfg.output.dir).expanduser()  # relative to the working directory
     backend = None
     if cfg.data.source == "self":
-        backend = make_backend(cfg, target, manifest.layer_ids, out_dir)
-        records = self_instruct(backend, tokenizer, cfg.data)
+        records, backend = _self_records(cfg, target, manifest, tokenizer, out_dir)
         data = cfg.data.model_copy(update={"format": "chat"})
     else:
         records, data = read_records(cfg.data, config_dir), cfg.data
@@ -95,7 +116,7 @@ def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
     _check_token_range(items, manifest.vocab_size)
     if not items:
         raise SpecKitError(f"no usable samples in {cfg.data.path} (dropped: {dropped})")
-    writer = StoreWriter(out_dir, manifest, overwrite=overwrite)
+    writer = StoreWriter(out_dir, manifest, overwrite=overwrite, keep=(SELF_PROMPTS,))
     done = writer.done_source_ids()
     todo = [it for it in items if it.source_id not in done]
     log(f"datagen: {len(items)} inputs ({len(items) - len(todo)} already in {out_dir}), "

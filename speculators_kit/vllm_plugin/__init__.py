@@ -7,6 +7,8 @@ plugin adds what stock vLLM 0.32 lacks:
 
 - speculators-format EAGLE-1/HASS drafts (`speculators_model_type: eagle`), driven by
   `method: eagle`, also with the fc bias SafeAILab's checkpoints carry;
+- a check, when vLLM builds the speculative config, that the draft fits the target (hidden
+  size, vocabulary, aux layers, our target fingerprint), failing with one clear message;
 - EAGLE-3 drafts with a mixture-of-experts MLP (our `speculators_kit.moe`), driven by
   `method: eagle3` through a subclass of vLLM's `Eagle3LlamaForCausalLM`.
 """
@@ -44,8 +46,10 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
+    from speculators_kit.vllm_plugin import checks
     from speculators_kit.vllm_plugin.speculators_types import install
 
+    checks.install()
     ModelRegistry.register_model(MOE_ARCH, "speculators_kit.vllm_plugin.moe_eagle3:SpeckitEagle3MoELlamaForCausalLM")
     ModelRegistry.register_model(EAGLE_BIAS_ARCH,
                                  "speculators_kit.vllm_plugin.eagle1_bias:SpeckitEagleBiasLlamaForCausalLM")

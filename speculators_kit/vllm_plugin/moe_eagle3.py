@@ -28,14 +28,15 @@ class SpeckitEagle3MoELlamaForCausalLM(Eagle3LlamaForCausalLM):
                 moe[name] = tensor
             else:
                 rest.append((name, tensor))
-        loaded = set(super().load_weights(rest) or ())
+        loaded = super().load_weights(rest)  # vLLM 0.32's EAGLE-3 returns None: no strict check
         params = dict(self.model.named_parameters())
         for name, tensor in moe.items():
             if name not in params:
                 raise ValueError(f"speculators_kit MoE draft: unexpected weight {name}")
             params[name].data.copy_(tensor)
-            loaded.add("model." + name)
         missing = [n for n in params if (".mlp.gate." in n or ".mlp.experts." in n) and n not in moe]
         if missing:
             raise ValueError(f"speculators_kit MoE draft: weights missing from the checkpoint: {missing[:4]}")
-        return loaded
+        if loaded is None:
+            return None
+        return set(loaded) | {"model." + name for name in moe}

@@ -8,18 +8,16 @@ anything. Here the lookup answers with `vllm.__version__`, then vLLM's own CLI r
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import sys
-
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
 
 
 def serve(argv: list[str]) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        for key, value in CPU_ENV.items():
-            os.environ.setdefault(key, value)
+        from speculators_kit.vllm_env import set_cpu_defaults
+
+        set_cpu_defaults(offline=False)  # a server may load its model from the hub
     import vllm
 
     real_version = importlib.metadata.version

@@ -55,21 +55,18 @@ def smollm2_store(tmp_path_factory, smollm2):
 def smollm2_trained(smollm2_store, tmp_path_factory):
     """A 1-layer EAGLE-3 draft trained 40 steps (2048 tokens each) on smollm2_store (~3 min).
     Returns the run's output folder (draft/, metrics.jsonl, checkpoints/)."""
-    import subprocess
-    import sys
     from pathlib import Path
+
+    from tests.train.conftest import speckit
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path_factory.mktemp("trained") / "run"
     sets = [f"data.stores=[{smollm2_store}]", f"output.dir={out}", "train.max_steps=40",
             "train.eval_every=40", "train.save_every=40", "train.micro_batch_tokens=2048",
             "optim.warmup_steps=5", "optim.lr=1e-3", "data.eval_fraction=0.1", "logging.tensorboard=false"]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    cmd = [sys.executable, "-m", "speculators_kit.cli", "train",
-           str(root / "configs" / "train" / "smollm2-eagle3-1layer.yaml")]
+    args = ["train", root / "configs" / "train" / "smollm2-eagle3-1layer.yaml"]
     for s in sets:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+        args += ["--set", s]
+    proc = speckit(*args, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out

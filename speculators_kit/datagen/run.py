@@ -135,7 +135,7 @@ def _capture_all(cfg, target, writer, todo, backend, out_dir, items) -> dict:
     from tqdm import tqdm
 
     regen = cfg.regenerate if cfg.regenerate.enabled else None
-    masks = {it.source_id: it for it in items}
+    prepared = {it.source_id: it for it in items}
     seen = writer.done_sample_ids()
     tokens = nbytes = samples = 0
     t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def _capture_all(cfg, target, writer, todo, backend, out_dir, items) -> dict:
         chunk = todo[lo: lo + cfg.output.shard_samples]
         records = []
         for item, rec in zip(chunk, backend.capture(chunk, regen)):
-            rec.update(_finish(masks[item.source_id], rec, regen is not None))
+            rec.update(_finish(prepared[item.source_id], rec, regen is not None))
             if rec["loss_mask"].any() and rec["sample_id"] not in seen:
                 seen.add(rec["sample_id"])
                 records.append(rec)

@@ -6,7 +6,6 @@ one generate call (`include_output_tokens`), so nothing runs twice.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -14,12 +13,8 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from speculators_kit.core.errors import SpecKitError
+from speculators_kit.vllm_env import set_cpu_defaults
 
-CPU_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default asks for most of the RAM and fails
-    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",  # let vLLM use every core
-    "HF_HUB_OFFLINE": "1",
-}
 FILE_WAIT_S = 300  # the engine writes a finished request's file one scheduler step later
 
 
@@ -28,8 +23,7 @@ class VLLMCapture:
 
     def __init__(self, target_dir: Path, layer_ids: list[int], staging: Path, max_model_len: int,
                  batch_size: int, model_dtype: str, seed: int):
-        for key, value in CPU_ENV.items():
-            os.environ.setdefault(key, value)
+        set_cpu_defaults()
         from vllm import LLM
 
         shutil.rmtree(staging, ignore_errors=True)  # leftovers of a killed run

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "HF_HUB_OFFLINE": "1"}
 COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 
 
@@ -84,6 +83,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    for key, value in CPU_ENV.items():
-        os.environ.setdefault(key, value)
+    from speculators_kit.vllm_env import set_cpu_defaults
+
+    set_cpu_defaults()
     main()

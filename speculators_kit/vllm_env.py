@@ -1,0 +1,16 @@
+"""Environment defaults vLLM needs on a CPU machine (shared by every place that starts vLLM)."""
+
+from __future__ import annotations
+
+import os
+
+CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default asks for most of the RAM and fails
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",  # let vLLM use every core (it reserves one by default)
+}
+
+
+def set_cpu_defaults(offline: bool = True) -> None:
+    """Set the CPU defaults (and HF_HUB_OFFLINE for offline jobs) unless the user set them."""
+    for key, value in {**CPU_ENV, **({"HF_HUB_OFFLINE": "1"} if offline else {})}.items():
+        os.environ.setdefault(key, value)

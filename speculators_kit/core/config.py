@@ -53,6 +53,25 @@ class MoESpec(BaseModel):
     intermediate_size: int | None = None  # per expert; defaults to the layer's intermediate_size
 
 
+class ProposerSettings(BaseModel):
+    """Proposer features our vLLM plugin adds (see core/draft_budget.py). Defaults live in the
+    draft's config.json (`speculators_kit.proposer`); `--additional-config` overrides them."""
+
+    model_config = ConfigDict(extra="forbid")
+    # A request stops drafting at the first token whose draft probability is below this.
+    early_exit_threshold: float | None = Field(None, gt=0, lt=1)
+    # Draft tokens proposed per engine step, whole batch; the most confident are kept.
+    token_budget: int | None = Field(None, ge=1)
+    # Draft tokens proposed per request per engine step.
+    request_budget: int | None = Field(None, ge=1)
+    # Seconds between two log lines of the proposer's counters.
+    log_interval_s: float = Field(30.0, gt=0)
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.early_exit_threshold, self.token_budget, self.request_budget))
+
+
 class KitSection(BaseModel):
     """Our own fields. `target_fingerprint` ties the draft to exactly one target."""
 
@@ -61,7 +80,7 @@ class KitSection(BaseModel):
     target_fingerprint: str | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
     moe: MoESpec = Field(default_factory=MoESpec)
-    proposer: dict[str, Any] = Field(default_factory=dict)  # early-exit / budget defaults
+    proposer: ProposerSettings = Field(default_factory=ProposerSettings)
 
     @field_validator("format_version")
     @classmethod

@@ -10,7 +10,9 @@ plugin adds what stock vLLM 0.32 lacks:
 - a check, when vLLM builds the speculative config, that the draft fits the target (hidden
   size, vocabulary, aux layers, our target fingerprint), failing with one clear message;
 - EAGLE-3 drafts with a mixture-of-experts MLP (our `speculators_kit.moe`), driven by
-  `method: eagle3` through a subclass of vLLM's `Eagle3LlamaForCausalLM`.
+  `method: eagle3` through a subclass of vLLM's `Eagle3LlamaForCausalLM`;
+- a proposer with dynamic early exit, token budgets and a cheaper greedy draft step
+  (proposer.py), put in place when, and only where, vLLM's model runner is imported.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def register() -> None:
     from vllm import ModelRegistry
 
     from speculators_kit.vllm_plugin import checks
+    from speculators_kit.vllm_plugin.import_hook import after_import
     from speculators_kit.vllm_plugin.speculators_types import install
 
     checks.install()
@@ -54,6 +57,13 @@ def register() -> None:
     ModelRegistry.register_model(EAGLE_BIAS_ARCH,
                                  "speculators_kit.vllm_plugin.eagle1_bias:SpeckitEagleBiasLlamaForCausalLM")
     install()
+    after_import("vllm.v1.worker.gpu_model_runner", _install_proposer)
+
+
+def _install_proposer(gpu_model_runner_module) -> None:
+    from speculators_kit.vllm_plugin.proposer import install
+
+    install(gpu_model_runner_module)
 
 
 def _trace() -> None:

@@ -40,6 +40,54 @@ def _fingerprint_problem(draft_path, target_path) -> str | None:
 
 
 def install() -> None:
+    _check_speculative_config()
+    _check_proposer_settings()
+    _check_request_threshold()
+
+
+def _check_proposer_settings() -> None:
+    """Bad early-exit / budget settings fail when the engine's config is built, in the front end."""
+    from vllm.config import VllmConfig
+
+    original = VllmConfig.__post_init__
+    if getattr(original, "speckit", False):
+        return
+
+    def __post_init__(self):
+        original(self)
+        spec = self.speculative_config
+        if spec is not None and spec.method in ("eagle", "eagle3"):
+            from speculators_kit.vllm_plugin.settings import resolve_settings
+
+            resolve_settings(self)
+
+    __post_init__.speckit = True
+    VllmConfig.__post_init__ = __post_init__
+
+
+def _check_request_threshold() -> None:
+    """A request's own early-exit threshold is checked with its other sampling parameters, so a
+    bad value is that request's 400, not an engine crash."""
+    from vllm.exceptions import VLLMValidationError
+    from vllm.sampling_params import SamplingParams
+
+    original = SamplingParams._verify_extra_args
+    if getattr(original, "speckit", False):
+        return
+
+    def _verify_extra_args(self):
+        original(self)
+        from speculators_kit.vllm_plugin.settings import request_threshold_problem
+
+        problem = request_threshold_problem(self.extra_args)
+        if problem:
+            raise VLLMValidationError(problem, parameter="extra_args")
+
+    _verify_extra_args.speckit = True
+    SamplingParams._verify_extra_args = _verify_extra_args
+
+
+def _check_speculative_config() -> None:
     from vllm.config.speculative import SpeculativeConfig
 
     original = SpeculativeConfig.__post_init__

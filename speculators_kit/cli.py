@@ -108,6 +108,19 @@ def cmd_train(args) -> int:
     return launch(args.config, args.set, args.nproc, args.resume, args.hostfile)
 
 
+def _json_arg(flag: str, text: str | None):
+    import json
+
+    from speculators_kit.core.errors import SpecKitError
+
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecKitError(f"{flag} is not JSON ({e}): {text!r}") from None
+
+
 def cmd_eval(args) -> int:
     from pathlib import Path
 
@@ -115,7 +128,8 @@ def cmd_eval(args) -> int:
 
     summary = evaluate(args.target, args.draft, args.prompts, Path(args.out), args.num_prompts, args.k,
                        args.temperature, args.max_new_tokens, args.engine, args.baseline, args.seed,
-                       args.concurrency, log=lambda m: print(m, file=sys.stderr))
+                       args.concurrency, log=lambda m: print(m, file=sys.stderr),
+                       proposer=_json_arg("--proposer", args.proposer))
     print((Path(args.out) / "report.md").read_text())
     if summary.get("greedy_identical") is False:
         print("error: speculative outputs differ from target-only outputs at temperature 0",
@@ -225,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", choices=["ngram"], default=None)
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight (1 = batch 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--proposer", default=None, metavar="JSON",
+                   help='early exit / budgets for the draft run, e.g. \'{"early_exit_threshold": 0.3}\'')
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_eval)
 

@@ -45,6 +45,8 @@ def summarize(results: dict, items, **settings) -> dict:
             cat: {"tau": _stats({cat: c})["tau"], "acceptance_per_position": _stats({cat: c})["acceptance_per_position"],
                   "num_prompts": c["num_prompts"]}
             for cat, c in results[name]["per_category"].items()}
+    if results.get("speculative", {}).get("proposer_stats"):
+        summary["proposer_stats"] = results["speculative"]["proposer_stats"]
     if "speculative" in results and "ngram" in results:
         summary["speedup_vs_ngram"] = summary["tokens_per_s_speculative"] / summary["tokens_per_s_ngram"]
     return summary
@@ -73,6 +75,11 @@ def markdown(s: dict) -> str:
             lines.append(f"| {'draft' if name == 'speculative' else 'ngram'} | {f(s[f'{prefix}tau'])} | {acc} | "
                          f"{f(s[f'tokens_per_s_{name}'], '.1f')} | {f(s[f'{prefix}speedup'])} | "
                          f"{s[f'{prefix}greedy_identical']} |")
+    if s.get("proposer_stats"):
+        p = s["proposer_stats"]
+        lines += ["", f"Proposer ({s.get('proposer')}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short, "
+                      f"{p['tokens_proposed']} tokens proposed, {p['tokens_saved_early_exit']} saved by early exit "
+                      f"and {p['tokens_saved_budget']} by budget, {p['draft_passes_skipped']} draft passes skipped."]
     if s.get("by_category"):
         lines += ["", "| category | prompts | tau |", "|---|---|---|"]
         lines += [f"| {c} | {v['num_prompts']} | {f(v['tau'])} |" for c, v in s["by_category"].items()]

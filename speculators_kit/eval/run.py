@@ -20,7 +20,9 @@ from speculators_kit.eval.report import summarize, write_report
 
 def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompts: int | None = None,
              k: int = 5, temperature: float = 0.0, max_new_tokens: int = 256, engine: str = "vllm",
-             baseline: str | None = None, seed: int = 0, concurrency: int = 1, log=print) -> dict:
+             baseline: str | None = None, seed: int = 0, concurrency: int = 1, log=print,
+             proposer: dict | None = None) -> dict:
+    """`proposer`: early-exit / budget settings for the draft run (vLLM's --additional-config)."""
     from speculators_kit.core.format import load_draft, read_config
     from speculators_kit.target.embedded import resolve_target
 
@@ -40,6 +42,8 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     if draft:
         runs["speculative"] = dict(base, draft=str(Path(draft).resolve()), speculative_config={
             "method": method, "model": str(Path(draft).resolve()), "num_speculative_tokens": k})
+        if proposer:
+            runs["speculative"]["additional_config"] = {"speculators_kit": _proposer_settings(proposer, engine)}
     if baseline == "ngram":
         if engine != "vllm":
             raise SpecKitError("--baseline ngram needs --engine vllm")
@@ -50,10 +54,25 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     for name, spec in runs.items():
         log(f"eval: {name} on {len(items)} {prompts} prompts ({engine}, k={k}, T={temperature})")
         results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json")
+    settings = runs.get("speculative", {}).get("additional_config", {}).get("speculators_kit")
     summary = summarize(results, items, k=k, engine=engine, prompts=prompts, temperature=temperature,
+                        proposer=settings,
                         draft=draft, target=target)
     write_report(summary, out)
     return summary
+
+
+def _proposer_settings(proposer: dict, engine: str) -> dict:
+    from pydantic import ValidationError
+
+    from speculators_kit.core.config import ProposerSettings
+
+    if engine != "vllm":
+        raise SpecKitError("--proposer settings need --engine vllm (they are the vLLM plugin's)")
+    try:
+        return ProposerSettings(**proposer).model_dump(exclude_none=True)
+    except (ValidationError, TypeError) as e:
+        raise SpecKitError(f"--proposer: {e}; known settings: {', '.join(ProposerSettings.model_fields)}") from None
 
 
 def _cached_run(engine: str, spec: dict, path: Path) -> dict:

@@ -4,7 +4,8 @@ counters read before and after each category.
 
     python -m speculators_kit.eval.vllm_runner SPEC.json OUT.json
 SPEC: target, speculative_config (or null), prompts [{category, turns}], temperature,
-max_new_tokens, seed, concurrency, max_model_len, dtype.
+max_new_tokens, seed, concurrency, max_model_len, dtype, additional_config (the plugin's
+early-exit / budget settings; its counters come back as proposer_stats).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def delta(after: dict, before: dict) -> dict:
 def run(spec: dict) -> dict:
     from vllm import LLM, SamplingParams
 
-    llm = LLM(model=spec["target"], dtype=spec.get("dtype", "float32"),
+    stats = Path(sys.argv[2] + ".proposer.json")
+    os.environ["SPECKIT_PROPOSER_STATS"] = str(stats)  # read by the engine's worker process
+    llm = LLM(additional_config=spec.get("additional_config") or {}, model=spec["target"], dtype=spec.get("dtype", "float32"),
               max_model_len=spec.get("max_model_len", 2048), enforce_eager=True, seed=0,
               speculative_config=spec.get("speculative_config"), disable_log_stats=False,
               max_num_seqs=spec.get("concurrency", 1))
@@ -70,8 +73,12 @@ def run(spec: dict) -> dict:
     import torch
     import vllm
 
-    return {"outputs": outputs, "per_category": per_category,
-            "versions": {"vllm": vllm.__version__, "torch": torch.__version__}}
+    result = {"outputs": outputs, "per_category": per_category,
+              "versions": {"vllm": vllm.__version__, "torch": torch.__version__}}
+    if stats.is_file():
+        result["proposer_stats"] = json.loads(stats.read_text())
+        stats.unlink()
+    return result
 
 
 def main() -> None:

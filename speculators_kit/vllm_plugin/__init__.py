@@ -57,7 +57,8 @@ def register() -> None:
     ModelRegistry.register_model(EAGLE_BIAS_ARCH,
                                  "speculators_kit.vllm_plugin.eagle1_bias:SpeckitEagleBiasLlamaForCausalLM")
     install()
-    after_import("vllm.v1.worker.gpu_model_runner", _install_proposer)
+    if os.environ.get("SPECKIT_PLUGIN_PROPOSER", "1") != "0":  # 0: vLLM's own proposer (A/B runs)
+        after_import("vllm.v1.worker.gpu_model_runner", _install_proposer)
 
 
 def _install_proposer(gpu_model_runner_module) -> None:

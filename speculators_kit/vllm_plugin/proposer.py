@@ -113,7 +113,7 @@ class SpeckitEagleProposer(EagleProposer, metaclass=_EagleFamily):
 
     def propose(self, num_speculative_tokens, *args, **kwargs):
         if not self.speckit.active:
-            return super().propose(num_speculative_tokens, *args, **kwargs)
+            return self._timed_fixed_k(num_speculative_tokens, *args, **kwargs)
         began = time.perf_counter()
         self._steps, self._thresholds = [], None
         try:
@@ -127,6 +127,17 @@ class SpeckitEagleProposer(EagleProposer, metaclass=_EagleFamily):
                 self._choose_prefixes(num_speculative_tokens, began)
         finally:
             self._steps = None
+        return drafts
+
+    def _timed_fixed_k(self, k, *args, **kwargs):
+        """Plain vLLM drafting; timed for the stats file when one is asked for (benchmarks)."""
+        if not self.speckit_stats.path:
+            return super().propose(k, *args, **kwargs)
+        began = time.perf_counter()
+        drafts = super().propose(k, *args, **kwargs)
+        full = torch.full((drafts.shape[0],), drafts.shape[1])
+        self.speckit_stats.record(k=k, passes=drafts.shape[1], lengths=full, exit_lengths=full,
+                                  seconds=time.perf_counter() - began)
         return drafts
 
     def _choose_prefixes(self, k: int, began: float) -> None:

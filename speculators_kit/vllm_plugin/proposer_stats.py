@@ -1,6 +1,6 @@
 """Early-exit and budget counters: a log line every `interval` seconds, Prometheus counters
-(the API server's /metrics shows them: `vllm serve` collects every process's metrics through
-PROMETHEUS_MULTIPROC_DIR), and with SPECKIT_PROPOSER_STATS=FILE a JSON file rewritten after
+(/metrics shows them when PROMETHEUS_MULTIPROC_DIR is set, which `speckit serve` does: only
+then does vLLM's API server merge other processes' metrics), and with SPECKIT_PROPOSER_STATS=FILE a JSON file rewritten after
 every engine step (tests and benchmarks read it)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 from vllm.logger import init_logger
 
-logger = init_logger("speculators_kit.vllm_plugin.proposer")
+# Under "vllm." so the line goes through vLLM's own handler and format (worker prefix included).
+logger = init_logger("vllm.speculators_kit.proposer")
 _prometheus: dict | None = None
 
 

@@ -1,0 +1,141 @@
+"""Our draft vs the `speculators` package's (0.9.0, the reference toolkit), trained on the same
+hidden states with the same budget, evaluated by the same `speckit eval` (vLLM CPU, batch 1).
+
+    python benchmarks/peer.py --store runs/quickstart/store [--steps 100] [--tokens 2048]
+
+Both: 1-layer EAGLE-3 on SmolLM2-135M-Instruct, the same samples (our store exported to the
+peer's layout, benchmarks/peer_export.py), the same draft vocabulary (ours, passed to the peer
+as d2t/t2d), 3 training-time-test steps, AdamW, lr, warmup and cosine decay over the same number
+of optimizer steps of one `--tokens`-token packed batch each. Each toolkit keeps its own recipe
+otherwise (initialisation, norms, loss). The peer runs in its own venv
+(~/.cache/speculators_kit/peer-venv, made on first use) through benchmarks/peer_train.py.
+Its data generation needs a vLLM server with its own connector, which is not timed here.
+Writes benchmarks/results/peer.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, speckit, write
+from peer_export import export_store
+
+from speculators_kit.eval.run import evaluate
+from speculators_kit.target.embedded import resolve_target
+
+VENV = Path.home() / ".cache" / "speculators_kit" / "peer-venv"
+PEER = ["speculators==0.9.0", "hs-connectors==0.9.0"]
+# The peer's requirements minus torchvision/torchaudio (built for another torch, they break
+# imports under torch 2.13.0+cpu) and torch itself (pinned first).
+PEER_DEPS = ["aiohttp", "click", "datasets>=4.0.0,<=5.1.0", "httpx", "huggingface-hub", "loguru>=0.7.2,<=0.7.3",
+             "numpy>=2.0.0,<=2.5.4", "openai>=2.0.0", "protobuf", "psutil", "pydantic>=2.0.0", "pydantic-settings",
+             "rich", "safetensors", "tqdm>=4.66.3,<=4.70.1", "transformers>=5.0.0,<=5.19.0", "typer>=0.12.0"]
+
+
+def peer_python() -> Path:
+    python = VENV / "bin" / "python"
+    if not python.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+        subprocess.run(pip + ["torch==2.13.0"], check=True)
+        subprocess.run(pip + ["--no-deps", *PEER], check=True)
+        subprocess.run(pip + PEER_DEPS, check=True)
+    return python
+
+
+def train_ours(store: Path, out: Path, a) -> float:
+    began = time.perf_counter()
+    speckit("train", str(ROOT / "configs" / "train" / "smollm2-eagle3-1layer.yaml"),
+            "--set", f"data.stores=[{store}]", "--set", f"output.dir={out}", "--set", f"train.max_steps={a.steps}",
+            "--set", f"train.micro_batch_tokens={a.tokens}", "--set", f"optim.lr={a.lr}",
+            "--set", f"optim.warmup_steps={a.warmup}", "--set", f"train.eval_every={a.steps}",
+            "--set", f"train.save_every={a.steps}", "--set", "logging.tensorboard=false")
+    return time.perf_counter() - began
+
+
+def train_peer(data: Path, out: Path, target: str, vocab: int, a) -> float:
+    layers = json.loads((data.parent / "ours" / "draft" / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"]
+    args = ["--verifier-name-or-path", target, "--data-path", str(data), "--num-layers", "1",
+            "--draft-vocab-size", str(vocab), "--d2t-path", str(data / f"d2t-{vocab}.npy"),
+            "--t2d-path", str(data / f"t2d-{vocab}.npy"), "--target-layer-ids", *map(str, layers),
+            "--total-seq-len", str(a.tokens), "--hidden-states-dtype", "bfloat16", "--num-workers", "0",
+            "--loss-implementation", "eager", "--draft-attn-impl", "sdpa", "--ttt-steps", "3",
+            "--optimizer", "adamw", "--weight-decay", "0", "--lr", str(a.lr), "--scheduler-type", "cosine",
+            "--scheduler-warmup-steps", str(a.warmup), "--scheduler-total-steps", str(a.steps),
+            "--max-steps", str(a.steps), "--epochs", "1000", "--on-missing", "raise",
+            "--save-path", str(out), "--log-dir", str(out / "logs")]
+    env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1")
+    began = time.perf_counter()
+    with open(out.parent / "peer_train.log", "w") as log:
+        code = subprocess.call([str(peer_python()), str(ROOT / "benchmarks" / "peer_train.py"), *args],
+                               stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        sys.exit(f"the peer's training failed (exit {code}); see {out.parent / 'peer_train.log'}")
+    return time.perf_counter() - began
+
+
+def last_checkpoint(out: Path) -> Path:
+    epochs = sorted((p for p in out.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    return epochs[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--store", required=True, help="a SmolLM2 hidden-state store (speckit quickstart writes one)")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--prompts", default="gsm8k,mt-bench")
+    ap.add_argument("--num-prompts", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "peer"))
+    a = ap.parse_args()
+    target = str(resolve_target("smollm2-135m-instruct"))
+    work = Path(a.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    peer_python()
+    times = {"ours": train_ours(Path(a.store), work / "ours", a)}
+    vocab = json.loads((work / "ours" / "draft" / "config.json").read_text())["draft_vocab_size"]
+    export_store(Path(a.store), work / "peer_data", work / "ours" / "draft")
+    (work / "peer").mkdir()
+    times["peer"] = train_peer(work / "peer_data", work / "peer", target, vocab, a)
+    speckit("convert", str(last_checkpoint(work / "peer")), str(work / "peer_draft"), "--from", "speculators",
+            "--target", target)
+    drafts = {"ours": work / "ours" / "draft", "speculators 0.9.0": work / "peer_draft"}
+    rows = []
+    for prompts in a.prompts.split(","):
+        base = work / "eval" / prompts / "base"
+        evaluate(target, None, prompts, base, a.num_prompts, k=a.k, max_new_tokens=a.max_new_tokens, log=print)
+        for name, draft in drafts.items():
+            out = work / "eval" / prompts / name.split()[0]
+            (out / "runs").mkdir(parents=True)
+            shutil.copy(base / "runs" / "target_only.json", out / "runs" / "target_only.json")
+            s = evaluate(target, str(draft), prompts, out, a.num_prompts, k=a.k, max_new_tokens=a.max_new_tokens,
+                         log=print)
+            rows.append({"prompts": prompts, "draft": name, "tau": s["tau"],
+                         "acceptance per position": " ".join(f"{x:.2f}" for x in s["acceptance_per_position"]),
+                         "speedup": s["speedup"], "identical": s["greedy_identical"],
+                         "train s": times[name.split()[0]], "train tokens/s": a.steps * a.tokens / times[name.split()[0]]})
+    for prompts in a.prompts.split(","):
+        ours, peer = [r for r in rows if r["prompts"] == prompts]
+        ours["tau vs peer"] = ours["tau"] / peer["tau"]
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "store": a.store, "steps": a.steps,
+            "tokens per step": a.tokens, "lr": a.lr, "warmup": a.warmup, "k": a.k, "num_prompts": a.num_prompts,
+            "max_new_tokens": a.max_new_tokens, "date": time.strftime("%Y-%m-%d")}
+    write("peer", rows, ["prompts", "draft", "tau", "tau vs peer", "acceptance per position", "speedup", "identical",
+                         "train s", "train tokens/s"], meta)
+
+
+if __name__ == "__main__":
+    main()

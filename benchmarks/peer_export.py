@@ -1,0 +1,42 @@
+"""Write one of our hidden-state stores in the `speculators` package's (0.9) training layout, so
+the peer trains on exactly the samples and hidden states ours does:
+
+    DIR/              a `datasets` table (save_to_disk): input_ids, loss_mask, seq_len
+    DIR/hidden_states/hs_{i}.safetensors   token_ids [T], hidden_states [T, aux layers + last, H]
+    DIR/d2t-N.npy, DIR/t2d-N.npy           a draft's vocabulary mapping (the same one ours uses)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from speculators_kit.core.store import StoreReader
+
+
+def export_store(store: Path, out: Path, draft: Path | None = None) -> int:
+    import datasets
+
+    reader = StoreReader(store)
+    (out / "hidden_states").mkdir(parents=True, exist_ok=True)
+    rows = {"input_ids": [], "loss_mask": [], "seq_len": []}
+    for i in range(len(reader)):
+        sample = reader[i]
+        save_file({"token_ids": sample["token_ids"].contiguous(),
+                   "hidden_states": sample["hidden"].to(torch.bfloat16).contiguous()},
+                  str(out / "hidden_states" / f"hs_{i}.safetensors"))
+        rows["input_ids"].append(sample["token_ids"].tolist())
+        rows["loss_mask"].append(sample["loss_mask"].long().tolist())
+        rows["seq_len"].append(len(sample["token_ids"]))
+    table = datasets.Dataset.from_dict(rows)
+    table.set_format("torch")
+    table.save_to_disk(str(out))
+    if draft is not None:
+        weights = load_file(str(draft / "model.safetensors"))
+        n = weights["d2t"].shape[0]
+        np.save(out / f"d2t-{n}.npy", weights["d2t"].numpy())
+        np.save(out / f"t2d-{n}.npy", weights["t2d"].bool().numpy())
+    return len(reader)

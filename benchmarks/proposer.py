@@ -1,6 +1,6 @@
 """What one speculative step costs, in target steps, and what early exit buys (vLLM CPU, batch 1).
 
-    python benchmarks/proposer.py --draft runs/quickstart/train/draft [--prompts 8] [--tokens 128]
+    python benchmarks/proposer.py --draft runs/quickstart/train/draft [--prompts 8] [--tokens 128] [--repeats 2]
 
 Runs, side by side on the same GSM8K-test prompts, greedy: target-only; vLLM's own EAGLE
 proposer (SPECKIT_PLUGIN_PROPOSER=0) at k=3 and k=5; ours at k=5 (argmax over the draft's own
@@ -8,6 +8,8 @@ vocabulary); ours at k=5 with early exit at two thresholds. Per run:
 - step / target: wall time of one engine step (draft + verify) over one target-only decode step;
 - draft / target: time inside the proposer per step (ours only: it times itself);
 - verify / target: the rest of the step (target forward over 1+k tokens, sampling, scheduling).
+Each repeat re-runs target-only and every configuration in turn (interleaved: drift on this
+noisy machine hits all alike); the table gives medians over repeats of each repeat's ratios.
 Writes benchmarks/results/proposer.{json,md}.
 """
 
@@ -18,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -27,7 +30,6 @@ from speculators_kit.eval.run import evaluate
 from speculators_kit.target.embedded import resolve_target
 
 RUNS = [  # name, k, our proposer?, proposer settings
-    ("vLLM proposer", 3, False, None),
     ("vLLM proposer", 5, False, None),
     ("ours", 5, True, None),
     ("ours, early exit 0.3", 5, True, {"early_exit_threshold": 0.3}),
@@ -63,21 +65,38 @@ def _generated(out: Path) -> int:
     return sum(c["tokens"] for c in result["per_category"].values())
 
 
+def median_rows(repeats: list[list[dict]]) -> list[dict]:
+    rows = []
+    for runs in zip(*repeats):
+        row = dict(runs[0])
+        for key, value in runs[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = statistics.median(r[key] for r in runs)
+        row["identical"] = all(r.get("identical") for r in runs) if "identical" in row else None
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draft", required=True, help="a trained EAGLE-3 draft for SmolLM2 (speckit quickstart)")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     target = str(resolve_target("smollm2-135m-instruct"))
+    repeats = []
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        summary = evaluate(target, None, "gsm8k", base, args.prompts, max_new_tokens=args.tokens, log=print)
-        rows = [{"run": "target only", "tok/s": summary["tokens_per_s_target_only"], "step / target": 1.0}]
-        for i, (name, k, ours, proposer) in enumerate(RUNS):
-            rows.append({"run": name, **run_one(target, args.draft, Path(tmp) / f"run{i}", base, k, ours,
-                                                proposer, args)})
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "prompts": f"gsm8k test x{args.prompts}",
+        for r in range(args.repeats):
+            base = Path(tmp) / f"base{r}"
+            summary = evaluate(target, None, "gsm8k", base, args.prompts, max_new_tokens=args.tokens, log=print)
+            rows = [{"run": "target only", "tok/s": summary["tokens_per_s_target_only"], "step / target": 1.0}]
+            for i, (name, k, ours, proposer) in enumerate(RUNS):
+                rows.append({"run": name, **run_one(target, args.draft, Path(tmp) / f"run{r}-{i}", base, k, ours,
+                                                    proposer, args)})
+            repeats.append(rows)
+    rows = median_rows(repeats)
+    meta = {"repeats": args.repeats, "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "prompts": f"gsm8k test x{args.prompts}",
             "max_new_tokens": args.tokens, "batch": 1, "draft": args.draft, "date": summary["date"],
             "versions": summary["versions"]}
     write("proposer", rows, ["run", "k", "tau", "draft tokens", "tok/s", "speedup", "identical", "step / target",

@@ -45,7 +45,8 @@ def peer_python() -> Path:
     if not python.is_file():
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
-        subprocess.run(pip + ["torch==2.13.0"], check=True)
+        # Same torch as ours, from the same index (install.sh: PIP_TORCH_ARGS off this machine).
+        subprocess.run(pip + ["torch==2.13.0", *os.environ.get("PIP_TORCH_ARGS", "").split()], check=True)
         subprocess.run(pip + ["--no-deps", *PEER], check=True)
         subprocess.run(pip + PEER_DEPS, check=True)
     return python

@@ -14,8 +14,8 @@ import torch
 
 
 def cpu_patches() -> None:
-    import speculators.train.trainer as trainer
     import torch.utils.data._utils.pin_memory as pinning
+    from speculators.train import trainer
 
     cpu = torch.device("cpu")
     torch.accelerator.current_accelerator = lambda *a, **k: cpu

@@ -3,10 +3,12 @@
     python benchmarks/proposer.py --draft runs/quickstart/train/draft [--prompts 8] [--tokens 128] [--repeats 2]
 
 Runs, side by side on the same GSM8K-test prompts, greedy: target-only; vLLM's own EAGLE
-proposer (SPECKIT_PLUGIN_PROPOSER=0) at k=3 and k=5; ours at k=5 (argmax over the draft's own
+proposer (SPECKIT_PLUGIN_PROPOSER=0) at k=5; ours at k=5 (argmax over the draft's own
 vocabulary); ours at k=5 with early exit at two thresholds. Per run:
 - step / target: wall time of one engine step (draft + verify) over one target-only decode step;
 - draft / target: time inside the proposer per step (ours only: it times itself);
+- tokens / step: tokens per verification step, counting steps whose draft early exit cut to
+  nothing (vLLM's tau counts only steps that had a draft);
 - verify / target: the rest of the step (target forward over 1+k tokens, sampling, scheduling).
 Each repeat re-runs target-only and every configuration in turn (interleaved: drift on this
 noisy machine hits all alike); the table gives medians over repeats of each repeat's ratios.
@@ -51,7 +53,8 @@ def run_one(target, draft, out: Path, base: Path, k, ours, proposer, args) -> di
     steps = stats["steps"] if stats else s["num_drafts"]  # stock: every decode step drafts k
     seconds = _generated(out) / s["tokens_per_s_speculative"]
     step = seconds / steps / target_step
-    row = {"k": k, "tau": s["tau"], "draft tokens": s["num_draft_tokens"], "tok/s": s["tokens_per_s_speculative"],
+    row = {"k": k, "tau": s["tau"], "tokens / step": s["tokens_per_step"], "draft tokens": s["num_draft_tokens"],
+           "tok/s": s["tokens_per_s_speculative"],
            "speedup": s["speedup"], "identical": s["greedy_identical"], "step / target": step}
     if stats:
         draft_cost = stats["propose_s"] / stats["steps"] / target_step
@@ -96,11 +99,12 @@ def main() -> None:
                                                     proposer, args)})
             repeats.append(rows)
     rows = median_rows(repeats)
-    meta = {"repeats": args.repeats, "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "prompts": f"gsm8k test x{args.prompts}",
+    meta = {"repeats": args.repeats, "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
+            "prompts": f"gsm8k test x{args.prompts}",
             "max_new_tokens": args.tokens, "batch": 1, "draft": args.draft, "date": summary["date"],
             "versions": summary["versions"]}
-    write("proposer", rows, ["run", "k", "tau", "draft tokens", "tok/s", "speedup", "identical", "step / target",
-                             "draft / target", "verify / target", "draft passes / step"], meta)
+    write("proposer", rows, ["run", "k", "tau", "tokens / step", "draft tokens", "tok/s", "speedup", "identical",
+                             "step / target", "draft / target", "verify / target", "draft passes / step"], meta)
 
 
 if __name__ == "__main__":

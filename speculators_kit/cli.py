@@ -9,6 +9,7 @@ import sys
 
 from speculators_kit.core.errors import SpecKitError
 
+
 def cmd_target(args) -> int:
     from speculators_kit.target.embedded import prepare
 

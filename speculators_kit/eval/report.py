@@ -46,7 +46,13 @@ def summarize(results: dict, items, **settings) -> dict:
                   "num_prompts": c["num_prompts"]}
             for cat, c in results[name]["per_category"].items()}
     if results.get("speculative", {}).get("proposer_stats"):
-        summary["proposer_stats"] = results["speculative"]["proposer_stats"]
+        p = summary["proposer_stats"] = results["speculative"]["proposer_stats"]
+        # Early exit and budgets leave some steps with no draft; vLLM counts neither their
+        # step nor their bonus token, so tau alone overstates what a step yields.
+        steps = summary["num_drafts"] + p.get("drafts_empty", 0)
+        summary["tokens_per_step"] = 1 + summary["num_accepted_tokens"] / steps if steps else None
+    elif "speculative" in results:
+        summary["tokens_per_step"] = summary["tau"]
     if "speculative" in results and "ngram" in results:
         summary["speedup_vs_ngram"] = summary["tokens_per_s_speculative"] / summary["tokens_per_s_ngram"]
     return summary
@@ -77,7 +83,9 @@ def markdown(s: dict) -> str:
                          f"{s[f'{prefix}greedy_identical']} |")
     if s.get("proposer_stats"):
         p = s["proposer_stats"]
-        lines += ["", f"Proposer ({s.get('proposer')}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short, "
+        lines += ["", f"Proposer ({s.get('proposer')}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short "
+                      f"({p.get('drafts_empty', 0)} to nothing: tokens per step, counting steps without a "
+                      f"draft, {f(s.get('tokens_per_step'))}), "
                       f"{p['tokens_proposed']} tokens proposed, {p['tokens_saved_early_exit']} saved by early exit "
                       f"and {p['tokens_saved_budget']} by budget, {p['draft_passes_skipped']} draft passes skipped."]
     if s.get("by_category"):

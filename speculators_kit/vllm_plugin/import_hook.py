@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+from collections.abc import Callable
 from types import ModuleType
-from typing import Callable
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):

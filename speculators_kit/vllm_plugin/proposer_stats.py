@@ -23,6 +23,7 @@ class Counts:
     steps: int = 0               # engine steps that drafted
     drafts: int = 0              # (request, step) pairs that drafted
     drafts_cut_short: int = 0    # ... that proposed fewer than k tokens
+    drafts_empty: int = 0        # ... that proposed none (vLLM's num_drafts does not count these)
     draft_passes: int = 0        # draft forward passes run
     draft_passes_skipped: int = 0  # passes the loop did not need to run (all requests done)
     tokens_proposed: int = 0
@@ -58,11 +59,12 @@ class ProposerStats:
                seconds: float) -> None:
         c, batch = self.counts, lengths.shape[0]
         proposed, exit_kept = int(lengths.sum()), int(exit_lengths.clamp(max=k).sum())
-        cut = int((lengths < k).sum())
+        cut, empty = int((lengths < k).sum()), int((lengths == 0).sum())
         saved_exit, saved_budget = batch * k - exit_kept, exit_kept - proposed
         c.steps += 1
         c.drafts += batch
         c.drafts_cut_short += cut
+        c.drafts_empty += empty
         c.draft_passes += passes
         c.draft_passes_skipped += k - passes
         c.tokens_proposed += proposed

@@ -39,12 +39,15 @@ def test_early_exit_from_the_drafts_config_drafts_less_at_identical_outputs(
     assert early["greedy_identical"] is True and fixed_k["greedy_identical"] is True
     ratio = early["num_draft_tokens"] / fixed_k["num_draft_tokens"]
     print(f"early exit 0.3: {early['num_draft_tokens']} vs {fixed_k['num_draft_tokens']} draft tokens "
-          f"({ratio:.2f}x), tau {early['tau']:.2f} vs {fixed_k['tau']:.2f}")
+          f"({ratio:.2f}x), tau {early['tau']:.2f} vs {fixed_k['tau']:.2f}, "
+          f"tokens per step {early['tokens_per_step']:.2f} vs {fixed_k['tokens_per_step']:.2f}")
     assert ratio < 0.9
     stats = early["proposer_stats"]
     assert stats["drafts_cut_short"] > 0 and stats["tokens_saved_early_exit"] > 0
     assert stats["draft_passes_skipped"] > 0  # the loop itself stopped early, not only the proposal
     assert early["num_draft_tokens"] <= stats["tokens_proposed"]
+    # Steps whose draft was cut to nothing still count as steps (vLLM's tau leaves them out).
+    assert stats["drafts_empty"] > 0 and 1 <= early["tokens_per_step"] < early["tau"]
 
 
 def test_token_budget_is_never_exceeded_and_changes_no_output(smollm2, smollm2_trained, smollm2_baseline,

@@ -6,7 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from speculators_kit.vllm_plugin.settings import request_threshold, request_threshold_problem, resolve_settings
+from speculators_kit.vllm_plugin.settings import (
+    request_threshold,
+    request_threshold_problem,
+    resolve_settings,
+)
 
 
 def engine_config(draft, override=None):

@@ -83,7 +83,8 @@ def markdown(s: dict) -> str:
                          f"{s[f'{prefix}greedy_identical']} |")
     if s.get("proposer_stats"):
         p = s["proposer_stats"]
-        lines += ["", f"Proposer ({s.get('proposer')}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short "
+        settings = json.dumps(s["proposer"]) if s.get("proposer") else "the draft's config.json settings"
+        lines += ["", f"Proposer ({settings}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short "
                       f"({p.get('drafts_empty', 0)} to nothing: tokens per step, counting steps without a "
                       f"draft, {f(s.get('tokens_per_step'))}), "
                       f"{p['tokens_proposed']} tokens proposed, {p['tokens_saved_early_exit']} saved by early exit "

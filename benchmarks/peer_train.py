@@ -6,6 +6,11 @@ model are moved with `.to(local_rank)` (an int, i.e. CUDA) and its data loader p
 Runtime patches make it a single-process CPU run and change nothing else: the accelerator is
 reported as the CPU, the "local rank" the trainer moves things to is the CPU device, pinning
 and its timing helper's synchronize, memory probe and final cache flush are no-ops.
+
+One fix of the peer's own: in 0.9.0, `--max-steps` ends an epoch but not the run; every later
+epoch trains one more step while the cosine schedule climbs back up (vllm-project/speculators
+PR #898 proposed the fix and was closed unmerged). Training stops instead once max_steps is
+reached (after the epoch that reached it has been checkpointed).
 """
 
 from __future__ import annotations
@@ -24,6 +29,31 @@ def cpu_patches() -> None:
     torch.cpu.empty_cache = lambda: None
     trainer.get_local_rank = lambda: cpu
     pinning.pin_memory = lambda data, device=None: data
+    stop_at_max_steps(trainer.Trainer)
+
+
+class MaxStepsReached(Exception):
+    pass
+
+
+def stop_at_max_steps(trainer_class) -> None:
+    train_epoch = trainer_class.train_epoch
+
+    def bounded(self, epoch, *args, **kwargs):
+        if self.config.max_steps is not None and self.global_step >= self.config.max_steps:
+            raise MaxStepsReached
+        return train_epoch(self, epoch, *args, **kwargs)
+
+    run_training = trainer_class.run_training
+
+    def until_max_steps(self):
+        try:
+            run_training(self)
+        except MaxStepsReached:
+            pass
+
+    trainer_class.train_epoch = bounded
+    trainer_class.run_training = until_max_steps
 
 
 def main() -> None:

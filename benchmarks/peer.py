@@ -89,11 +89,16 @@ def last_checkpoint(out: Path) -> Path:
 
 
 def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
-    """Both trainings, or their earlier results when this --work already has them (and --fresh
-    is not given): a re-run only re-evaluates, and eval reuses its finished engine runs too."""
+    """Both trainings, or their earlier results when this --work already has them from the same
+    store and training settings (and --fresh is not given): a re-run only re-evaluates, and eval
+    reuses its finished engine runs too."""
     done = work / "train_times.json"
+    settings = {"store": str(store.resolve()), "steps": a.steps, "tokens": a.tokens, "lr": a.lr,
+                "warmup": a.warmup}
     if done.is_file() and not a.fresh and all(d.is_dir() for d in drafts.values()):
-        return json.loads(done.read_text())
+        earlier = json.loads(done.read_text())
+        if earlier.get("settings") == settings:
+            return earlier["seconds"]
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     peer_python()
@@ -104,7 +109,7 @@ def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
     times["peer"] = train_peer(work / "peer_data", work / "peer", target, vocab, a)
     speckit("convert", str(last_checkpoint(work / "peer")), str(drafts["peer"]), "--from", "speculators",
             "--target", target)
-    done.write_text(json.dumps(times))
+    done.write_text(json.dumps({"settings": settings, "seconds": times}))
     return times
 
 

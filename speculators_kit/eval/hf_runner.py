@@ -25,10 +25,14 @@ def run(spec: dict) -> dict:
     for i, prompt in enumerate(spec["prompts"]):
         cat = per_category.setdefault(prompt["category"], {
             "num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0, "per_pos": [],
-            "seconds": 0.0, "tokens": 0, "num_prompts": 0})
+            "seconds": 0.0, "tokens": 0, "num_prompts": 0, "per_turn": []})
         cat["num_prompts"] += 1
         conv = []
-        for turn in prompt["turns"]:
+        for t, turn in enumerate(prompt["turns"]):
+            if t == len(cat["per_turn"]):
+                cat["per_turn"].append({"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0,
+                                        "per_pos": [], "tokens": 0, "num_prompts": 0})
+            per_turn = cat["per_turn"][t]
             conv.append({"role": "user", "content": turn})
             began = time.perf_counter()
             if model is not None:
@@ -36,11 +40,14 @@ def run(spec: dict) -> dict:
                                      num_speculative_tokens=spec["k"], seed=spec["seed"])
                 ids, text, stats = res.token_ids, res.text, res.stats
                 _add(cat, stats)
+                _add(per_turn, stats)
             else:
                 ids = _target_only(hf, tok, conv, spec)
                 text = tok.decode(ids, skip_special_tokens=True)
             cat["seconds"] += time.perf_counter() - began
             cat["tokens"] += len(ids)
+            per_turn["tokens"] += len(ids)
+            per_turn["num_prompts"] += 1
             outputs[i].append(list(ids))
             conv.append({"role": "assistant", "content": text})
     return {"outputs": outputs, "per_category": per_category,

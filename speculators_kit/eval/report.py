@@ -10,13 +10,19 @@ from pathlib import Path
 
 def _stats(per_category: dict) -> dict:
     keys = ("num_drafts", "num_draft_tokens", "num_accepted_tokens", "seconds", "tokens")
-    total = {k: sum(c[k] for c in per_category.values()) for k in keys}
+    total = {k: sum(c.get(k, 0) for c in per_category.values()) for k in keys}
     width = max((len(c["per_pos"]) for c in per_category.values()), default=0)
     per_pos = [sum(c["per_pos"][i] for c in per_category.values() if i < len(c["per_pos"]))
                for i in range(width)]
-    drafts = total["num_drafts"]
+    drafts, accepted = total["num_drafts"], total["num_accepted_tokens"]
+    # Every target forward (a turn's prefill, a verification step with or without a draft)
+    # yields one token plus the drafts it accepts, so forwards = generated - accepted. vLLM's
+    # tau counts only steps that had a draft: ngram without a match, drafts cut to nothing by
+    # early exit and prefills are left out, so tau alone overstates what a forward yields.
+    steps = total["tokens"] - accepted
     return {
-        "tau": 1 + total["num_accepted_tokens"] / drafts if drafts else None,
+        "tau": 1 + accepted / drafts if drafts else None,
+        "tokens_per_step": total["tokens"] / steps if steps > 0 else None,
         "acceptance_per_position": [a / drafts for a in per_pos] if drafts else [],
         "num_drafts": drafts, "num_draft_tokens": total["num_draft_tokens"],
         "num_accepted_tokens": total["num_accepted_tokens"],
@@ -37,6 +43,7 @@ def summarize(results: dict, items, **settings) -> dict:
         prefix = "" if name == "speculative" else "ngram_"
         summary.update({f"{prefix}{k}": v for k, v in s.items()
                         if k not in ("tokens_per_s", "generated_tokens", "seconds")})
+        summary[f"{prefix}by_turn"] = _by_turn(results[name]["per_category"])
         summary[f"tokens_per_s_{name}"] = s["tokens_per_s"]
         summary[f"{prefix}speedup"] = s["tokens_per_s"] / target["tokens_per_s"] if target["tokens_per_s"] else None
         same = results[name]["outputs"] == results["target_only"]["outputs"]
@@ -46,16 +53,26 @@ def summarize(results: dict, items, **settings) -> dict:
                   "num_prompts": c["num_prompts"]}
             for cat, c in results[name]["per_category"].items()}
     if results.get("speculative", {}).get("proposer_stats"):
-        p = summary["proposer_stats"] = results["speculative"]["proposer_stats"]
-        # Early exit and budgets leave some steps with no draft; vLLM counts neither their
-        # step nor their bonus token, so tau alone overstates what a step yields.
-        steps = summary["num_drafts"] + p.get("drafts_empty", 0)
-        summary["tokens_per_step"] = 1 + summary["num_accepted_tokens"] / steps if steps else None
-    elif "speculative" in results:
-        summary["tokens_per_step"] = summary["tau"]
+        summary["proposer_stats"] = results["speculative"]["proposer_stats"]
     if "speculative" in results and "ngram" in results:
         summary["speedup_vs_ngram"] = summary["tokens_per_s_speculative"] / summary["tokens_per_s_ngram"]
     return summary
+
+
+def _by_turn(per_category: dict) -> dict:
+    """tau and tokens per step of the n-th turn of every conversation (runs made before
+    per-turn counters existed have none)."""
+    turns: dict[str, list] = {}
+    for c in per_category.values():
+        for t, counts in enumerate(c.get("per_turn", []), 1):
+            turns.setdefault(str(t), []).append(counts)
+    out = {}
+    for t, parts in turns.items():
+        s = _stats(dict(enumerate(parts)))
+        out[t] = {"tau": s["tau"], "tokens_per_step": s["tokens_per_step"],
+                  "acceptance_per_position": s["acceptance_per_position"],
+                  "num_prompts": sum(p["num_prompts"] for p in parts)}
+    return out
 
 
 def write_report(summary: dict, out: Path) -> None:
@@ -73,22 +90,31 @@ def markdown(s: dict) -> str:
 
     lines = [f"# speckit eval: {s['prompts']}, {s['num_prompts']} prompts, k={s['k']}, "
              f"T={s['temperature']}, {s['engine']} ({s['date']})", "",
-             "| run | tau | acceptance per position | tokens/s | speedup | identical |", "|---|---|---|---|---|---|",
-             f"| target only | - | - | {f(s['tokens_per_s_target_only'], '.1f')} | 1.00 | - |"]
+             "| run | tau | tokens/step | acceptance per position | tokens/s | speedup | identical |",
+             "|---|---|---|---|---|---|---|",
+             f"| target only | - | 1.00 | - | {f(s['tokens_per_s_target_only'], '.1f')} | 1.00 | - |"]
     for name, prefix in (("speculative", ""), ("ngram", "ngram_")):
         if f"tokens_per_s_{name}" in s:
             acc = ", ".join(f"{a:.2f}" for a in s[f"{prefix}acceptance_per_position"])
-            lines.append(f"| {'draft' if name == 'speculative' else 'ngram'} | {f(s[f'{prefix}tau'])} | {acc} | "
+            lines.append(f"| {'draft' if name == 'speculative' else 'ngram'} | {f(s[f'{prefix}tau'])} | "
+                         f"{f(s.get(f'{prefix}tokens_per_step'))} | {acc} | "
                          f"{f(s[f'tokens_per_s_{name}'], '.1f')} | {f(s[f'{prefix}speedup'])} | "
                          f"{s[f'{prefix}greedy_identical']} |")
     if s.get("proposer_stats"):
         p = s["proposer_stats"]
         settings = json.dumps(s["proposer"]) if s.get("proposer") else "the draft's config.json settings"
         lines += ["", f"Proposer ({settings}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short "
-                      f"({p.get('drafts_empty', 0)} to nothing: tokens per step, counting steps without a "
-                      f"draft, {f(s.get('tokens_per_step'))}), "
+                      f"({p.get('drafts_empty', 0)} to nothing), "
                       f"{p['tokens_proposed']} tokens proposed, {p['tokens_saved_early_exit']} saved by early exit "
                       f"and {p['tokens_saved_budget']} by budget, {p['draft_passes_skipped']} draft passes skipped."]
+    lines += ["", "tau: accepted tokens per step that had a draft, + 1 (vLLM's). tokens/step: generated "
+                  "tokens per target forward, counting forwards without a draft (prefills, no ngram "
+                  "match, drafts cut to nothing)."]
+    if len(s.get("by_turn", {})) > 1:
+        lines += ["", "| turn | run | prompts | tau | tokens/step |", "|---|---|---|---|---|"]
+        for prefix, label in (("", "draft"), ("ngram_", "ngram")):
+            lines += [f"| {t} | {label} | {v['num_prompts']} | {f(v['tau'])} | {f(v['tokens_per_step'])} |"
+                      for t, v in s.get(f"{prefix}by_turn", {}).items()]
     if s.get("by_category"):
         lines += ["", "| category | prompts | tau |", "|---|---|---|"]
         lines += [f"| {c} | {v['num_prompts']} | {f(v['tau'])} |" for c, v in s["by_category"].items()]

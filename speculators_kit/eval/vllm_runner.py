@@ -1,6 +1,6 @@
 """One vLLM engine run for `speckit eval`, in its own process (vLLM spawns workers and needs the
 `__main__` guard): prompts by category, multi-turn through the chat template, spec-decode
-counters read before and after each category.
+counters read before and after each category and each turn.
 
     python -m speculators_kit.eval.vllm_runner SPEC.json OUT.json
 SPEC: target, speculative_config (or null), prompts [{category, turns}], temperature,
@@ -58,19 +58,23 @@ def run(spec: dict) -> dict:
     per_category = {}
     for category, ids in categories.items():
         before, began, tokens = read_counters(llm), time.perf_counter(), 0
-        convs = {i: [] for i in ids}
+        convs, per_turn = {i: [] for i in ids}, []
         for turn in range(max(len(spec["prompts"][i]["turns"]) for i in ids)):
             active = [i for i in ids if turn < len(spec["prompts"][i]["turns"])]
             for i in active:
                 convs[i].append({"role": "user", "content": spec["prompts"][i]["turns"][turn]})
+            turn_before, turn_tokens = read_counters(llm), 0
             outs = llm.chat([convs[i] for i in active], params, use_tqdm=False)
             for i, out in zip(active, outs):
                 convs[i].append({"role": "assistant", "content": out.outputs[0].text})
                 outputs[i].append(list(out.outputs[0].token_ids))
-                tokens += len(out.outputs[0].token_ids)
+                turn_tokens += len(out.outputs[0].token_ids)
+            tokens += turn_tokens
+            per_turn.append({**delta(read_counters(llm), turn_before), "tokens": turn_tokens,
+                             "num_prompts": len(active)})
         seconds = time.perf_counter() - began
         per_category[category] = {**delta(read_counters(llm), before), "seconds": seconds,
-                                  "tokens": tokens, "num_prompts": len(ids)}
+                                  "tokens": tokens, "num_prompts": len(ids), "per_turn": per_turn}
     import torch
     import vllm
 

@@ -1,4 +1,4 @@
-"""results.json arithmetic: tau, tokens per step with empty drafts, speedup, identity."""
+"""results.json arithmetic: tau, tokens per target forward, per-turn numbers, speedup, identity."""
 
 from speculators_kit.eval.report import markdown, summarize
 
@@ -23,7 +23,7 @@ def test_tau_speedup_and_identity():
                 seconds=8.0, tokens=100)
     s = _summary({"target_only": base, "speculative": spec})
     assert s["tau"] == 1 + 60 / 40
-    assert s["tokens_per_step"] == s["tau"]  # no empty drafts without our proposer
+    assert s["tokens_per_step"] == s["tau"]  # 100 tokens = 40 forwards + 60 accepted: all had a draft
     assert s["acceptance_per_position"] == [0.75, 0.5, 0.25]
     assert s["speedup"] == (100 / 8.0) / (100 / 10.0)
     assert s["greedy_identical"] is True
@@ -31,7 +31,7 @@ def test_tau_speedup_and_identity():
     assert _summary({"target_only": base, "speculative": spec})["greedy_identical"] is False
 
 
-def test_empty_drafts_count_as_steps():
+def test_forwards_without_a_draft_count_as_steps():
     base = _run([[[1]]], 0, 0, 0, [], seconds=10.0, tokens=100)
     stats = {"drafts": 70, "drafts_cut_short": 50, "drafts_empty": 30, "tokens_proposed": 60,
              "tokens_saved_early_exit": 290, "tokens_saved_budget": 0, "draft_passes_skipped": 100}
@@ -39,5 +39,31 @@ def test_empty_drafts_count_as_steps():
                 proposer_stats=stats)
     s = _summary({"target_only": base, "speculative": spec})
     assert s["tau"] == 2.0  # vLLM's count: only the 40 steps that had a draft
-    assert s["tokens_per_step"] == 1 + 40 / 70
+    assert s["tokens_per_step"] == 100 / (100 - 40)  # 60 forwards, 20 of them without a draft
     assert "30 to nothing" in markdown(s)
+
+
+def _turns(*turns):
+    return [{"num_drafts": d, "num_draft_tokens": 3 * d, "num_accepted_tokens": a, "per_pos": pos,
+             "tokens": n, "num_prompts": 1} for d, a, pos, n in turns]
+
+
+def test_turns_are_summed_over_categories_and_ngram_gets_tokens_per_step():
+    base = _run([[[1], [2]], [[3], [4]]], 0, 0, 0, [], seconds=10.0, tokens=100)
+    spec = _run([[[1], [2]], [[3], [4]]], drafts=40, draft_tokens=120, accepted=30, per_pos=[20, 8, 2],
+                seconds=8.0, tokens=100)
+    spec["per_category"]["writing"] = dict(spec["per_category"]["math"])
+    spec["per_category"]["math"]["per_turn"] = _turns((10, 5, [4, 1, 0], 30), (10, 10, [6, 3, 1], 30))
+    spec["per_category"]["writing"]["per_turn"] = _turns((10, 5, [4, 1, 0], 20), (10, 10, [6, 3, 1], 20))
+    ngram = _run([[[1], [2]], [[3], [4]]], drafts=10, draft_tokens=30, accepted=25, per_pos=[10, 9, 6],
+                 seconds=7.0, tokens=100)
+    s = _summary({"target_only": base, "speculative": spec, "ngram": ngram})
+    assert s["by_turn"]["1"]["tau"] == 1 + 10 / 20 and s["by_turn"]["2"]["tau"] == 1 + 20 / 20
+    assert s["by_turn"]["2"]["tokens_per_step"] == 50 / (50 - 20)
+    assert s["by_turn"]["1"]["acceptance_per_position"] == [8 / 20, 2 / 20, 0.0]
+    assert s["by_turn"]["1"]["num_prompts"] == 2
+    # ngram drafts on few steps: a high tau, a low yield per forward
+    assert s["ngram_tau"] == 3.5 and s["ngram_tokens_per_step"] == 100 / 75
+    assert s["ngram_by_turn"] == {}  # a run saved before per-turn counters existed
+    md = markdown(s)
+    assert "| 2 | draft | 2 | 2.00 | 1.67 |" in md and "| ngram | 3.50 | 1.33 |" in md

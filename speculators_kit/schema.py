@@ -54,6 +54,9 @@ class DataSection(Strict):
     limit: int | None = Field(None, ge=1)
     max_length: int = Field(1024, ge=8)
     seed: int = 0  # `source: self` sampling
+    # `source: self`: user turns per conversation; turn t continues turn t-1's conversation
+    # (the answer included) with the target's own follow-up question. Each turn is a sample.
+    turns: int = Field(1, ge=1, le=8)
 
     @model_validator(mode="after")
     def _path_needed(self):
@@ -61,6 +64,9 @@ class DataSection(Strict):
             raise ValueError(f"data.path is required for source {self.source}")
         if self.source == "self" and not self.limit:
             raise ValueError("source self needs data.limit (how many conversations to make)")
+        if self.source != "self" and self.turns > 1:
+            raise ValueError(f"data.turns is for source self (the target writes the follow-up "
+                             f"questions); a {self.source} dataset brings its own turns: drop data.turns")
         return self
 
 

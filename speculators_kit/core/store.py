@@ -159,6 +159,11 @@ class StoreReader:
         f, offsets = self._open(n)
         return f.get_slice("loss_mask")[offsets[i]:offsets[i + 1]].bool()
 
+    def token_ids(self, index: int) -> torch.Tensor:
+        n, i = self._index[index]
+        f, offsets = self._open(n)
+        return f.get_slice("token_ids")[offsets[i]:offsets[i + 1]].long()
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         n, i = self._index[index]
         f, offsets = self._open(n)

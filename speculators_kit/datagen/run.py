@@ -13,19 +13,12 @@ from speculators_kit.core.build import default_aux_layers, target_config
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.fingerprint import target_fingerprint
 from speculators_kit.core.store import StoreManifest, sample_id
-from speculators_kit.datagen.prepare import (
-    Prepared,
-    load_tokenizer,
-    prepare,
-    read_records,
-    user_prefix_ids,
-)
+from speculators_kit.datagen import self_chat
+from speculators_kit.datagen.prepare import Prepared, load_tokenizer, prepare, read_records
 from speculators_kit.datagen.writer import StoreWriter
 from speculators_kit.target.embedded import resolve_target
 
 STAGING = ".staging"
-SELF_PROMPTS = ".self_prompts.json"
-MAGPIE_QUESTION_TOKENS = 96
 
 
 def resolve_layers(layers, num_layers: int) -> list[int]:
@@ -63,44 +56,16 @@ def make_backend(cfg, target: Path, layer_ids: list[int], store_dir: Path):
     return HFCapture(target, layer_ids, cfg.data.max_length, c.model_dtype, cfg.data.seed)
 
 
-def self_instruct(backend, tokenizer, data) -> list[dict]:
-    """Magpie: the target completes its own user-turn prefix; unique questions, seeded."""
-    prefix, questions, attempt = user_prefix_ids(tokenizer), [], 0
-    seen = set()
-    while len(questions) < data.limit and attempt < 4:
-        n = data.limit - len(questions)
-        # a few spare draws per round: some come out empty or repeat an earlier question
-        seeds = [data.seed * 1_000_003 + attempt * 100_000 + i for i in range(n + n // 8 + 4)]
-        outs = backend.generate([prefix] * len(seeds), MAGPIE_QUESTION_TOKENS, 1.0, seeds)
-        for out in outs:
-            text = tokenizer.decode(out, skip_special_tokens=True).strip()
-            key = " ".join(text.lower().split())
-            if len(key) >= 8 and key not in seen and len(questions) < data.limit:
-                seen.add(key)
-                questions.append({"messages": [{"role": "user", "content": text}]})
-        attempt += 1
-    return questions
+class _Engine:
+    """The capture backend, started on first use (a resumed run may need none)."""
 
+    def __init__(self, cfg, target: Path, layer_ids: list[int], out_dir: Path):
+        self.args, self.backend = (cfg, target, layer_ids, out_dir), None
 
-def _self_records(cfg, target, manifest, tokenizer, out_dir: Path):
-    """Magpie questions, made once and kept beside the store (`.self_prompts.json`), so a resumed
-    run answers the same questions instead of sampling new ones."""
-    import json
-    import os
-
-    cache = out_dir / SELF_PROMPTS
-    key = {"seed": cfg.data.seed, "limit": cfg.data.limit, "target": manifest.target_fingerprint}
-    if cache.is_file():
-        saved = json.loads(cache.read_text())
-        if saved["key"] == key:
-            return saved["records"], None
-    backend = make_backend(cfg, target, manifest.layer_ids, out_dir)
-    records = self_instruct(backend, tokenizer, cfg.data)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "records": records}))
-    os.replace(tmp, cache)
-    return records, backend
+    def get(self):
+        if self.backend is None:
+            self.backend = make_backend(*self.args)
+        return self.backend
 
 
 def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
@@ -108,30 +73,53 @@ def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
     manifest = build_manifest(cfg, target)
     tokenizer = load_tokenizer(target)
     out_dir = Path(cfg.output.dir).expanduser()  # relative to the working directory
-    backend = None
+    engine = _Engine(cfg, target, manifest.layer_ids, out_dir)
+    data, key = cfg.data, None
     if cfg.data.source == "self":
-        records, backend = _self_records(cfg, target, manifest, tokenizer, out_dir)
         data = cfg.data.model_copy(update={"format": "chat"})
+        key = {"seed": data.seed, "limit": data.limit, "target": manifest.target_fingerprint}
+        records, _ = self_chat.cached(out_dir, 1, key, lambda: self_chat.first_questions(
+            engine.get(), tokenizer, data))
     else:
-        records, data = read_records(cfg.data, config_dir), cfg.data
+        records = read_records(cfg.data, config_dir)
     items, dropped = prepare(records, tokenizer, data, cfg.regenerate.enabled)
     _check_token_range(items, manifest.vocab_size)
     if not items:
         raise SpecKitError(f"no usable samples in {cfg.data.path} (dropped: {dropped})")
-    writer = StoreWriter(out_dir, manifest, overwrite=overwrite, keep=(SELF_PROMPTS,))
-    done = writer.done_source_ids()
-    todo = [it for it in items if it.source_id not in done]
-    log(f"datagen: {len(items)} inputs ({len(items) - len(todo)} already in {out_dir}), "
-        f"layers {manifest.layer_ids}, {manifest.dtype}, backend {cfg.capture.backend}")
-    stats = _capture_all(cfg, target, writer, todo, backend, out_dir, items)
-    stats.update(dropped=dropped, store=str(out_dir), samples_in_store=writer.manifest.num_samples)
+    caches = tuple(self_chat.cache_name(t) for t in range(1, data.turns + 1))
+    writer = StoreWriter(out_dir, manifest, overwrite=overwrite, keep=caches)
+    totals = _capture_new(cfg, writer, items, engine, out_dir, log, "turn 1" if data.turns > 1 else "")
+    for turn in range(2, data.turns + 1):
+        records, _ = self_chat.cached(out_dir, turn, {**key, "turn": turn}, lambda r=records, t=turn: (
+            self_chat.follow_ups(engine.get(), tokenizer, self_chat.answered(r, tokenizer, out_dir), data, t)))
+        items, more = prepare(records, tokenizer, data, True)
+        dropped = {k: dropped[k] + more[k] for k in dropped}
+        part = _capture_new(cfg, writer, items, engine, out_dir, log, f"turn {turn}")
+        totals = {k: totals[k] + part[k] for k in totals}
+    if cfg.capture.backend == "vllm":
+        from speculators_kit.datagen.vllm_backend import cleanup
+
+        cleanup(out_dir / STAGING)
+    seconds = totals["seconds"]
+    stats = {"samples": totals["samples"], "tokens": totals["tokens"], "seconds": seconds,
+             "startup_s": totals["startup_s"], "tokens_per_s": totals["tokens"] / max(seconds, 1e-9),
+             "bytes_per_token": totals["bytes"] / totals["tokens"] if totals["tokens"] else 0.0,
+             "dropped": dropped, "store": str(out_dir), "samples_in_store": writer.manifest.num_samples}
     log(f"datagen done: {stats['samples']} new samples, {stats['tokens']} tokens in "
         f"{stats['seconds']:.1f} s ({stats['tokens_per_s']:.0f} tok/s), "
         f"{stats['bytes_per_token']:.0f} bytes/token; store has {stats['samples_in_store']} samples")
     return stats
 
 
-def _capture_all(cfg, target, writer, todo, backend, out_dir, items) -> dict:
+def _capture_new(cfg, writer, items, engine, out_dir, log, label: str) -> dict:
+    done = writer.done_source_ids()
+    todo = [it for it in items if it.source_id not in done]
+    log(f"datagen{' ' + label if label else ''}: {len(items)} inputs ({len(items) - len(todo)} already in "
+        f"{out_dir}), layers {writer.manifest.layer_ids}, {writer.manifest.dtype}, backend {cfg.capture.backend}")
+    return _capture_all(cfg, writer, todo, engine, items)
+
+
+def _capture_all(cfg, writer, todo, engine, items) -> dict:
     from tqdm import tqdm
 
     regen = cfg.regenerate if cfg.regenerate.enabled else None
@@ -139,8 +127,7 @@ def _capture_all(cfg, target, writer, todo, backend, out_dir, items) -> dict:
     seen = writer.done_sample_ids()
     tokens = nbytes = samples = 0
     t0 = time.perf_counter()
-    if backend is None and todo:
-        backend = make_backend(cfg, target, writer.manifest.layer_ids, out_dir)
+    backend = engine.get() if todo else None
     start = time.perf_counter()  # throughput excludes the engine start
     bar = tqdm(total=len(todo), unit="sample", desc="capture", dynamic_ncols=True)
     for lo in range(0, len(todo), cfg.output.shard_samples):
@@ -158,14 +145,8 @@ def _capture_all(cfg, target, writer, todo, backend, out_dir, items) -> dict:
         rate = tokens / max(time.perf_counter() - start, 1e-9)
         bar.set_postfix(tokens=tokens, tok_s=f"{rate:.0f}")
     bar.close()
-    if cfg.capture.backend == "vllm":
-        from speculators_kit.datagen.vllm_backend import cleanup
-
-        cleanup(out_dir / STAGING)
-    seconds = time.perf_counter() - start
-    return {"samples": samples, "tokens": tokens, "seconds": seconds, "startup_s": start - t0,
-            "tokens_per_s": tokens / max(seconds, 1e-9),
-            "bytes_per_token": nbytes / tokens if tokens else 0.0}
+    return {"samples": samples, "tokens": tokens, "bytes": nbytes, "seconds": time.perf_counter() - start,
+            "startup_s": start - t0}
 
 
 def _finish(item: Prepared, rec: dict, regenerated: bool) -> dict:

@@ -96,3 +96,36 @@ def test_self_made_conversations_are_seeded_and_unique(write_config, tmp_path, t
     assert len(set(stores[0].sample_ids())) == 5
     text = load_tokenizer(tiny_llama).decode(stores[0][0]["token_ids"])
     assert text.startswith("<|im_start|>user\n") and "<|im_end|>\n<|im_start|>assistant\n" in text
+
+
+def test_self_conversations_go_on_with_the_targets_own_follow_ups(write_config, tmp_path, tiny_llama, capsys):
+    """`data.turns: 2`: each answered question comes back with its answer and a follow-up user
+    turn the target wrote, and the answer to that is the new sample's only loss; a re-run
+    reuses the saved questions and adds nothing."""
+    from speculators_kit.core.store import StoreReader
+    from speculators_kit.datagen.prepare import load_tokenizer
+
+    cfg = write_config("turns.yaml", data={"source": "self", "limit": 4, "seed": 3, "turns": 2},
+                       output={"dir": str(tmp_path / "chats")})
+    assert main(["datagen", str(cfg)]) == 0
+    tok, reader = load_tokenizer(tiny_llama), StoreReader(tmp_path / "chats")
+    texts = [tok.decode(reader.token_ids(i)) for i in range(len(reader))]
+    first = [t for t in texts if t.count("<|im_start|>user") == 1]
+    second = [i for i, t in enumerate(texts) if t.count("<|im_start|>user") == 2]
+    assert len(first) == 4 and 1 <= len(second) <= 4
+    for i in second:
+        ids, mask = reader.token_ids(i), reader.loss_mask(i)
+        question = texts[i].split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+        assert sum(question in t for t in first) == 1  # continues one turn-1 conversation
+        answer_start = len(tok.decode(ids[: int(mask.nonzero()[0])]))
+        assert texts[i][:answer_start].endswith("<|im_start|>assistant\n")
+        assert texts[i][:answer_start].count("<|im_start|>assistant") == 2  # only the last answer is loss
+    assert (tmp_path / "chats" / ".self_prompts.turn2.json").is_file()
+    capsys.readouterr()
+    assert main(["datagen", str(cfg), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 0
+
+
+def test_turns_belong_to_self_made_conversations(write_config, capsys):
+    line = run_fails(capsys, write_config(data={"turns": 2}))
+    assert "data.turns is for source self" in line

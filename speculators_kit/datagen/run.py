@@ -112,15 +112,18 @@ def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> 
         from speculators_kit.datagen.vllm_backend import cleanup
 
         cleanup(out_dir / STAGING)
-    seconds = totals["seconds"]
-    stats = {"samples": totals["samples"], "tokens": totals["tokens"], "seconds": seconds,
-             "startup_s": totals["startup_s"], "tokens_per_s": totals["tokens"] / max(seconds, 1e-9),
-             "bytes_per_token": totals["bytes"] / totals["tokens"] if totals["tokens"] else 0.0,
-             "dropped": dropped, "store": str(out_dir), "samples_in_store": writer.manifest.num_samples}
+    stats = _stats(totals, dropped=dropped, store=str(out_dir), samples_in_store=writer.manifest.num_samples)
     log(f"datagen done: {stats['samples']} new samples, {stats['tokens']} tokens in "
         f"{stats['seconds']:.1f} s ({stats['tokens_per_s']:.0f} tok/s), "
         f"{stats['bytes_per_token']:.0f} bytes/token; store has {stats['samples_in_store']} samples")
     return stats
+
+
+def _stats(totals: dict, **extra) -> dict:
+    tokens, seconds = totals["tokens"], totals["seconds"]
+    return {"samples": totals["samples"], "tokens": tokens, "seconds": seconds, "startup_s": totals["startup_s"],
+            "tokens_per_s": tokens / max(seconds, 1e-9),
+            "bytes_per_token": totals["bytes"] / tokens if tokens else 0.0, **extra}
 
 
 def _capture_new(cfg, writer, items, engine, out_dir, log, label: str) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-# small: <= 30 min on a 2-core CPU. full: the README's published numbers, ~85 min on the same
+# small: <= 30 min on a 2-core CPU. full: the README's published numbers, ~90 min on the same
 # machine (so that one sitting reproduces them): 12.5x the samples at twice the answer length,
 # 10x the training steps, MT-bench at k=5 with the ngram baseline. Data, not steps, is what
 # limits the draft here: with 1200 samples, 7 passes over the store drove the training loss to

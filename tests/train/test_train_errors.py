@@ -71,3 +71,22 @@ def test_aux_layers_missing_from_the_store(train_config, capsys, tmp_path, tiny_
 def test_resume_without_a_checkpoint(train_config, capsys, tmp_path):
     assert main(["train", str(train_config()), "--resume"]) == 1
     assert "--resume: no checkpoint in" in capsys.readouterr().err
+
+
+def test_training_says_when_omp_num_threads_leaves_cores_idle(monkeypatch):
+    import os
+
+    import torch
+
+    from speculators_kit.train.recipe import _threads_note
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        note = _threads_note(world=1)
+    finally:
+        torch.set_num_threads(before)
+    assert "1 CPU thread(s) per process" in note
+    if (os.cpu_count() or 1) > 1:
+        assert "OMP_NUM_THREADS=1 leaves" in note and "cores idle" in note

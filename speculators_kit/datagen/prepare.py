@@ -156,10 +156,12 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def user_prefix_ids(tokenizer) -> list[int]:
-    """Magpie's pre-query template: everything the chat template puts before a user's text."""
+def user_prefix_ids(tokenizer, conversation: list[dict] = ()) -> list[int]:
+    """Magpie's pre-query template: everything the chat template puts before the text of a
+    user turn that follows `conversation` (none: the first turn)."""
     sentinel = "\u2063SPECKIT\u2063"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False)
+    turns = list(conversation) + [{"role": "user", "content": sentinel}]
+    text = tokenizer.apply_chat_template(turns, tokenize=False)
     return tokenizer(text[: text.index(sentinel)], add_special_tokens=False)["input_ids"]
 
 

@@ -90,7 +90,7 @@ def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> 
     if cfg.data.source == "self":
         data = cfg.data.model_copy(update={"format": "chat"})
         key = {"seed": data.seed, "limit": data.limit, "target": manifest.target_fingerprint}
-        records, _ = self_chat.cached(out_dir, 1, key, lambda: self_chat.first_questions(
+        records = self_chat.cached(out_dir, 1, key, lambda: self_chat.first_questions(
             engine.get(), tokenizer, data))
     else:
         records = read_records(cfg.data, config_dir)
@@ -102,7 +102,7 @@ def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> 
     writer = StoreWriter(out_dir, manifest, overwrite=overwrite, keep=caches)
     totals = _capture_new(cfg, writer, items, engine, out_dir, log, "turn 1" if data.turns > 1 else "")
     for turn in range(2, data.turns + 1):
-        records, _ = self_chat.cached(out_dir, turn, {**key, "turn": turn}, lambda r=records, t=turn: (
+        records = self_chat.cached(out_dir, turn, {**key, "turn": turn}, lambda r=records, t=turn: (
             self_chat.follow_ups(engine.get(), tokenizer, self_chat.answered(r, tokenizer, out_dir), data, t)))
         items, more = prepare(records, tokenizer, data, True)
         dropped = {k: dropped[k] + more[k] for k in dropped}

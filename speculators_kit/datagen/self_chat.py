@@ -13,10 +13,9 @@ so a resumed run answers the same questions instead of sampling new ones.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from speculators_kit.core.store import StoreReader, sample_id
+from speculators_kit.core.store import StoreReader, sample_id, write_json_atomic
 from speculators_kit.datagen.prepare import prompt_ids, user_prefix_ids
 
 SELF_PROMPTS = ".self_prompts.json"
@@ -27,19 +26,17 @@ def cache_name(turn: int) -> str:
     return SELF_PROMPTS if turn == 1 else f".self_prompts.turn{turn}.json"
 
 
-def cached(out_dir: Path, turn: int, key: dict, make) -> tuple[list[dict], bool]:
-    """(records, made now): the turn's records from its cache file, or made and saved."""
+def cached(out_dir: Path, turn: int, key: dict, make) -> list[dict]:
+    """The turn's records from its cache file, or made and saved."""
     path = out_dir / cache_name(turn)
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved["key"] == key:
-            return saved["records"], False
+            return saved["records"]
     records = make()
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "records": records}))
-    os.replace(tmp, path)
-    return records, True
+    write_json_atomic(path, {"key": key, "records": records})
+    return records
 
 
 def _questions(backend, tokenizer, prefixes: list[list[int]], seed: int) -> list[str | None]:
@@ -89,11 +86,9 @@ def answered(records: list[dict], tokenizer, store_dir: Path) -> list[list[dict]
 def follow_ups(backend, tokenizer, conversations: list[list[dict]], data, turn: int) -> list[dict]:
     """Turn `turn`: each conversation continued with the target's own next user turn. Ones
     too long to leave room for a question and an answer within data.max_length are dropped."""
-    sentinel = "\u2063SPECKIT\u2063"
     prefixes, kept = [], []
     for conv in conversations:
-        text = tokenizer.apply_chat_template(conv + [{"role": "user", "content": sentinel}], tokenize=False)
-        ids = tokenizer(text[: text.index(sentinel)], add_special_tokens=False)["input_ids"]
+        ids = user_prefix_ids(tokenizer, conv)
         if len(ids) + 2 * QUESTION_TOKENS < data.max_length:
             prefixes.append(ids)
             kept.append(conv)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 
 from speculators_kit.core.errors import SpecKitError
 
@@ -277,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM (`kill`, a job scheduler stopping the job) ends a command like Ctrl-C does, so its
+    finally blocks run: Python's default is to die at once, which left `speckit datagen`'s vLLM
+    engine process computing on as an orphan."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # vLLM parses its own arguments
@@ -285,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         serve(argv[1:])
         return 0
     args = build_parser().parse_args(argv)
+    _exit_on_sigterm()
     try:
         return args.func(args)
     except SpecKitError as err:

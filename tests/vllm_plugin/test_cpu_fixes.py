@@ -29,3 +29,24 @@ def test_vllms_own_fallback_loses_float_results_and_install_replaces_it():
     assert not torch.equal(out, torch.full((4,), 0.7))  # the expanded temperatures are lost
     assert cpu_fixes.install()
     assert cpu_triton_utils._expand_kernel_impl is cpu_fixes.expand_kernel_impl
+
+
+def test_vllms_top_k_raises_on_a_step_without_draft_tokens_and_the_fix_passes_it_through():
+    """If the first assertion fails, vLLM handles empty batches itself and the wrapper can go."""
+    import importlib
+
+    from vllm.v1.sample.ops import topk_topp_sampler
+
+    original = importlib.reload(topk_topp_sampler).apply_top_k_only  # vLLM's own, unwrapped
+    empty, no_k = torch.empty(0, 8), torch.empty(0, dtype=torch.int32)
+    with pytest.raises(RuntimeError):
+        original(empty.clone(), no_k)
+    assert cpu_fixes.install()  # wraps now: the module is already imported
+    fixed = topk_topp_sampler.apply_top_k_only
+    assert fixed is not original and fixed.speckit_fixed
+    assert fixed(empty, no_k).shape == (0, 8)
+    logits, k = torch.randn(3, 8), torch.tensor([1, 3, 8], dtype=torch.int32)
+    assert torch.equal(fixed(logits.clone(), k.clone()), original(logits.clone(), k.clone()))
+    assert torch.isfinite(fixed(logits.clone(), k.clone())).sum(dim=1).tolist() == [1, 3, 8]
+    cpu_fixes.install()
+    assert topk_topp_sampler.apply_top_k_only is fixed  # installing twice does not wrap twice

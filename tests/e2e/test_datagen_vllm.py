@@ -74,20 +74,25 @@ def test_hf_backend_matches_vllm(vllm_store, tiny_llama):
         assert (a[i]["hidden"] - b[i]["hidden"]).abs().max() < 1e-5
 
 
-def test_sigkill_mid_capture_then_resume(vllm_store, tiny_llama):
-    tmp, store = vllm_store
-    cfg = config(tmp, tiny_llama, tmp / "killed")
+def start_mid_capture(tmp, target, out, **popen):
+    """A datagen run (2 samples per shard) returned once its first shard is on disk, still running."""
+    cfg = config(tmp, target, out)
     cfg_data = yaml.safe_load(cfg.read_text())
     cfg_data["output"]["shard_samples"] = 2
     cfg.write_text(yaml.safe_dump(cfg_data))
-    proc = speckit("datagen", str(cfg), start_new_session=True)
+    proc = speckit("datagen", str(cfg), **popen)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        manifest = tmp / "killed" / "manifest.json"
-        if manifest.is_file() and len(read_manifest(tmp / "killed").shards) >= 1:
+        if (out / "manifest.json").is_file() and len(read_manifest(out).shards) >= 1:
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    return cfg, proc
+
+
+def test_sigkill_mid_capture_then_resume(vllm_store, tiny_llama):
+    tmp, store = vllm_store
+    cfg, proc = start_mid_capture(tmp, tiny_llama, tmp / "killed", start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     partial = read_manifest(tmp / "killed")
@@ -106,19 +111,9 @@ def test_sigterm_mid_capture_stops_the_engine_process_too(tmp_path, tiny_llama):
     (Python's default SIGTERM skipped the shutdown and left the engine running as an orphan)."""
     import psutil
 
-    cfg = config(tmp_path, tiny_llama, tmp_path / "terminated")
-    cfg_data = yaml.safe_load(cfg.read_text())
-    cfg_data["output"]["shard_samples"] = 2
-    cfg.write_text(yaml.safe_dump(cfg_data))
-    proc = speckit("datagen", str(cfg))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        manifest = tmp_path / "terminated" / "manifest.json"
-        if manifest.is_file() and len(read_manifest(tmp_path / "terminated").shards) >= 1:
-            break
-        time.sleep(0.05)
+    _, proc = start_mid_capture(tmp_path, tiny_llama, tmp_path / "terminated")
     engine = psutil.Process(proc.pid).children(recursive=True)
-    assert proc.poll() is None and engine, "the run ended before it could be stopped"
+    assert engine, "no engine process to check"
     proc.terminate()
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]

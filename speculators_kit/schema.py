@@ -124,6 +124,9 @@ class MoESection(Strict):
         return self
 
 
+NORM_KEYS = ("norm_before_fc", "fc_norm", "norm_before_residual", "norm_output")
+
+
 class DraftSection(Strict):
     arch: Literal["eagle3", "eagle", "hass"] = "eagle3"
     num_layers: int = Field(1, ge=1, le=8)
@@ -131,6 +134,22 @@ class DraftSection(Strict):
     init: Literal["random", "target-last-layer"] = "target-last-layer"
     moe: MoESection = Field(default_factory=MoESection)
     num_speculative_tokens: int = Field(5, ge=1, le=16)  # written into the draft's config
+    # EAGLE-3 norm placement, the speculators-format keys of the same names (eagle3 only).
+    norm_before_fc: bool = False  # one RMSNorm over the concatenated aux hidden states
+    fc_norm: bool = False  # one RMSNorm per aux hidden state (EAGLE-3.1)
+    norm_before_residual: bool = False  # the first layer's residual is the normed hidden state
+    norm_output: bool = False  # the normed output is what the next draft step reads
+
+    @model_validator(mode="after")
+    def _norms_need_eagle3(self):
+        set_norms = [n for n in NORM_KEYS if getattr(self, n)]
+        if set_norms and self.arch != "eagle3":
+            raise ValueError(f"draft.{set_norms[0]} applies to draft.arch eagle3 only; remove it "
+                             f"for {self.arch}")
+        if self.norm_before_fc and self.fc_norm:
+            raise ValueError("draft.norm_before_fc and draft.fc_norm are two ways to norm the fc "
+                             "input; set one of them")
+        return self
 
 
 class LossSection(Strict):

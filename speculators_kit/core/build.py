@@ -37,8 +37,9 @@ def target_config(target_dir: Path) -> dict[str, Any]:
 def draft_config_for_target(
     target_dir: Path, arch: str = "eagle3", num_layers: int = 1, draft_vocab_size: int | None = None,
     aux_layer_ids: list[int] | None = None, k: int = 5, moe: MoESpec | None = None,
-    provenance: dict | None = None,
+    provenance: dict | None = None, norms: dict[str, bool] | None = None,
 ) -> SpeculatorConfig:
+    """norms: EAGLE-3 norm flags (norm_before_fc, fc_norm, norm_before_residual, norm_output)."""
     if arch not in ARCH_ALIASES:
         raise SpecKitError(f"unknown draft arch {arch!r}; known: {', '.join(ARCH_ALIASES)}")
     kind, default_experts = ARCH_ALIASES[arch]
@@ -78,6 +79,7 @@ def draft_config_for_target(
         data["eagle_aux_hidden_state_layer_ids"] = aux
         # vLLM 0.32 sizes fc from this layer-config key (it assumes 3 aux layers without it).
         layer["num_aux_hidden_states"] = len(aux)
+        data.update(norms or {})
     else:
         data["fc_bias"] = False
     try:

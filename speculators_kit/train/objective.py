@@ -50,9 +50,10 @@ class DraftTrainModule(nn.Module):
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.target_norm.float()
         return x.to(last.dtype)
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (loss, stats). stats: [steps + 2] sums for the acceptance estimate and loss:
-        [chains, accepted chains of length 1..steps, weighted positions]."""
+    def forward(self, batch: dict, chain: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (loss, stats). The loss covers the ttt_steps trained steps; stats, the
+        acceptance of chains of `chain` (>= ttt_steps, default ttt_steps) drafted tokens:
+        [chains, accepted chains of length 1..chain, weighted positions]."""
         dtype = self.head.fc.weight.dtype  # the engine's compute dtype (bf16 or fp32)
         hidden = batch["hidden"].to(dtype)
         normed = self.normed(hidden[..., -1, :])
@@ -60,15 +61,17 @@ class DraftTrainModule(nn.Module):
             target_logp = F.log_softmax(normed @ self.target_lm_head.to(dtype).T, dim=-1, dtype=torch.float32)
         feats = hidden[..., :-1, :].flatten(-2) if self.head.config.arch == "eagle3" else normed
         ids, valid, dist = batch["token_ids"], batch["valid"], batch["dist_mask"]
-        outputs = self.head.forward_train(ids[:, 1:], feats[:, :-1], self.steps, attention_mask=valid[:, 1:])
+        chain = max(chain or self.steps, self.steps)
+        outputs = self.head.forward_train(ids[:, 1:], feats[:, :-1], chain, attention_mask=valid[:, 1:])
         total, matches, masks = 0.0, [], []
         for j, logits in enumerate(outputs):
             n = ids.shape[1] - 1 - j  # positions whose step-j prediction exists
             draft_logp = F.log_softmax(logits[:, :n].float(), dim=-1)
             tgt = target_logp[:, 1 + j: 1 + j + n]
             mask = (dist & valid)[:, 1 + j: 1 + j + n]
-            loss = self._loss(draft_logp, tgt)
-            total = total + self.weights[j] * (loss * mask).sum() / mask.sum().clamp(min=1)
+            if j < self.steps:
+                loss = self._loss(draft_logp, tgt)
+                total = total + self.weights[j] * (loss * mask).sum() / mask.sum().clamp(min=1)
             matches.append(draft_logp.argmax(-1) == tgt.argmax(-1))
             masks.append(mask)
         total = total / sum(self.weights) + MOE_BALANCE_WEIGHT * self._balance()

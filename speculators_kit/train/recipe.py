@@ -170,19 +170,22 @@ def evaluate(run: Run) -> dict | None:
     refs = run.held_refs[: cfg.train.eval_samples]
     order = data.batches(refs, cfg.train.micro_batch_tokens, cfg.data.max_length, cfg.data.seed, 0)
     run.engine.eval()
-    sums = torch.zeros(cfg.loss.ttt_steps + 3, dtype=torch.float64)
+    # Chains as long as the ones the draft will serve (its num_speculative_tokens), not only the
+    # trained ttt_steps: acceptance past the trained steps is what a longer TTT unroll buys.
+    k = max(cfg.loss.ttt_steps, cfg.draft.num_speculative_tokens)
+    sums = torch.zeros(k + 3, dtype=torch.float64)
     for i in range(run.rank, len(order), run.world):
-        loss, stats = run.engine(data.collate(run.readers, order[i], cfg.data.max_length))
+        loss, stats = run.engine(data.collate(run.readers, order[i], cfg.data.max_length), chain=k)
         sums[:-1] += stats.cpu()
         sums[-1] += float(loss) * len(order[i])
     dist.all_reduce(sums)
     tau, per_pos = tau_from_stats(sums[:-1])
     result = {"step": run.step, "eval_loss": float(sums[-1]) / len(refs), "tau": tau,
-              "accept_per_pos": per_pos, "k": cfg.loss.ttt_steps}
+              "accept_per_pos": per_pos, "k": k}
     if run.log:
         run.log.record(result)
         run.log.console(f"eval step {run.step}: loss {result['eval_loss']:.4f}, tau {tau:.3f} "
-                        f"(k={cfg.loss.ttt_steps}), acceptance per position "
+                        f"(k={k}), acceptance per position "
                         f"{[round(x, 3) for x in per_pos]}")
     return result
 

@@ -80,6 +80,10 @@ def test_ttt_loss_matches_naive_reference(tiny_llama, kind):
     assert stats[-1] == batch["dist_mask"][:, 1:].sum()  # every trained step-0 position counted
     loss.backward()  # and the loss trains the head, not the frozen embedding
     assert head.fc.weight.grad is not None and head.embed_tokens.weight.grad is None
+    # Held-out chains as long as serving drafts: more steps in the stats, the same loss.
+    longer_loss, longer = module(batch, chain=4)
+    assert torch.allclose(longer_loss, loss) and len(longer) == 4 + 2 and longer[-1] == stats[-1]
+    assert longer[0] < stats[0]  # fewer positions have all 4 steps inside the sequence
 
 
 def test_tau_estimate_from_chain_counts():

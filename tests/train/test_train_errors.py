@@ -27,6 +27,8 @@ def fails(capsys, cfg, tmp_path, expected):
     ({"draft": {"draft_vocab_size": 300}}, r"draft_vocab_size 300 is larger than the target vocab 256"),
     ({"loss": {"ttt_steps": 2, "step_weights": [1.0]}}, r"step_weights has 1 entries for ttt_steps 2"),
     ({"draft": {"arch": "eagle", "draft_vocab_size": None, "moe": {"experts": 2}}}, r"MoE draft layers .* need draft.arch eagle3"),
+    ({"draft": {"arch": "hass", "draft_vocab_size": None, "norm_output": True}}, r"draft.norm_output applies to draft.arch eagle3 only"),
+    ({"draft": {"norm_before_fc": True, "fc_norm": True}}, r"norm_before_fc and draft.fc_norm .* set one of them"),
 ])
 def test_bad_config(train_config, capsys, tmp_path, sections, expected):
     fails(capsys, train_config(**sections), tmp_path, expected)

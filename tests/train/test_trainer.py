@@ -1,6 +1,7 @@
 """DeepSpeed training on a tiny store: ZeRO stages and process counts agree, resume replays the
 same curve, checkpoints load as drafts, bad configs fail with one clear line."""
 
+import json
 import shutil
 
 import pytest
@@ -63,13 +64,18 @@ def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_pat
     from speculators_kit.core.format import load_draft
     from speculators_kit.core.store import StoreReader
 
+    norms = {"norm_before_fc": True, "norm_before_residual": True, "norm_output": True}
     cfg = train_config(draft={"arch": "eagle3", "num_layers": 2, "draft_vocab_size": 64,
-                              "init": "target-last-layer", "moe": {"experts": 4, "top_k": 2}},
+                              "init": "target-last-layer", "moe": {"experts": 4, "top_k": 2},
+                              "num_speculative_tokens": 4, **norms},
                        precision="bf16")
     result = speckit("train", cfg)
     assert result.returncode == 0, result.stderr[-3000:]
     head = load_draft(tmp_path / "run" / "draft", target_dir=tiny_llama)
     assert len(head.layers) == 2 and head.config.speculators_kit.moe.num_experts == 4
+    assert all(getattr(head.config, key) for key in norms) and head.input_norm is not None
+    evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "tau" in r]
+    assert evals and all(r["k"] == 4 and len(r["accept_per_pos"]) == 4 for r in evals)  # serving's k, not ttt_steps
     kept = set((head.d2t + torch.arange(64)).tolist())
     answered = set(StoreReader(tiny_store).token_freq().nonzero().flatten().tolist())
     assert answered <= kept and 2 in kept  # every answer token, and the end-of-turn token

@@ -139,12 +139,13 @@ class DraftSection(Strict):
     fc_norm: bool = False  # one RMSNorm per aux hidden state (EAGLE-3.1)
     norm_before_residual: bool = False  # the first layer's residual is the normed hidden state
     norm_output: bool = False  # the normed output is what the next draft step reads
+    train_lm_head: bool = False  # eagle3: train the lm_head (starts as the target's rows)
 
     @model_validator(mode="after")
-    def _norms_need_eagle3(self):
-        set_norms = [n for n in NORM_KEYS if getattr(self, n)]
-        if set_norms and self.arch != "eagle3":
-            raise ValueError(f"draft.{set_norms[0]} applies to draft.arch eagle3 only; remove it "
+    def _eagle3_only_keys(self):
+        set_keys = [n for n in (*NORM_KEYS, "train_lm_head") if getattr(self, n)]
+        if set_keys and self.arch != "eagle3":
+            raise ValueError(f"draft.{set_keys[0]} applies to draft.arch eagle3 only; remove it "
                              f"for {self.arch}")
         if self.norm_before_fc and self.fc_norm:
             raise ValueError("draft.norm_before_fc and draft.fc_norm are two ways to norm the fc "

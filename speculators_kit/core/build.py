@@ -100,8 +100,9 @@ def init_draft(cfg: SpeculatorConfig, target_dir: Path, init: str = "random", se
         torch.nn.init.normal_(p, std=std)
     with torch.no_grad():
         head.embed_tokens.weight.copy_(_required(target_dir, "embed_tokens.weight"))
-        if cfg.arch == "eagle":
-            head.lm_head.weight.copy_(_required(target_dir, "lm_head.weight"))
+        # Both heads start from the target's output layer (EAGLE-3: its first rows, until a
+        # draft vocabulary picks the rows); training keeps it frozen by default.
+        head.lm_head.weight.copy_(_required(target_dir, "lm_head.weight")[: cfg.draft_vocab_size])
         if init == "target-last-layer":
             _copy_target_layers(head, cfg, target_dir)
     return head
@@ -146,7 +147,6 @@ def _copy_target_layers(head: DraftHead, cfg: SpeculatorConfig, target_dir: Path
         norm = load_target_tensors(target_dir, ("model.norm.weight",)).get("model.norm.weight")
         if norm is not None:
             head.norm.weight.copy_(norm)
-        head.lm_head.weight.copy_(_required(target_dir, "lm_head.weight")[: cfg.draft_vocab_size])
     else:
         head.fc.weight.zero_()
         head.fc.weight[:, hidden:].copy_(torch.eye(hidden))

@@ -111,7 +111,9 @@ def save_draft(head: DraftHead, out_dir: str | os.PathLike, target_dir=None, ove
         raise SpecKitError(f"{out_dir} already exists; pass --overwrite or choose another output")
     state = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
     if target_dir is not None:
-        for name in SHARED:
+        # EAGLE-3 keeps its lm_head even when it is the target's: vLLM loads it from the draft.
+        shared_names = [n for n in SHARED if not (n == "lm_head.weight" and head.config.arch == "eagle3")]
+        for name in shared_names:
             shared = shared_target_weight(target_dir, name) if name in state else None
             if shared is not None and shared.shape == state[name].shape and torch.equal(
                 shared.to(state[name].dtype), state[name]

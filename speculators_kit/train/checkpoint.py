@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.format import save_draft, shared_target_weight
+from speculators_kit.core.vocab import draft_ids_of
 
 # What must not change between a run and its resume (a different head cannot load the state).
 RESUME_KEYS = ("draft", "precision", "target_fingerprint", "layer_ids", "zero_stage", "world_size")
@@ -49,7 +50,8 @@ def export_head(module, target_dir: Path):
     with torch.no_grad():
         for name, p in head.named_parameters():
             if not p.requires_grad and name in ("embed_tokens.weight", "lm_head.weight"):
-                p.copy_(shared_target_weight(target_dir, name))
+                full = shared_target_weight(target_dir, name)
+                p.copy_(full[draft_ids_of(head)] if name == "lm_head.weight" else full)
     return head
 
 

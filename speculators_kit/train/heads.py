@@ -41,8 +41,7 @@ def build_head(cfg, target_dir, readers):
         specials = [tcfg.get("eos_token_id"), tcfg.get("bos_token_id")]
         specials = [i for s in specials for i in (s if isinstance(s, list) else [s])]
         ids = select_draft_vocab(counts, size, specials)
-        lm_head = shared_target_weight(target_dir, "lm_head.weight") if d.init == "target-last-layer" else None
-        apply_draft_vocab(head, ids, lm_head)
+        apply_draft_vocab(head, ids, shared_target_weight(target_dir, "lm_head.weight"))
     return head
 
 

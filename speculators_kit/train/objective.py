@@ -29,7 +29,7 @@ def step_weights(spec, steps: int) -> list[float]:
 class DraftTrainModule(nn.Module):
     """The draft head (trained) plus the target's output layer (frozen buffers)."""
 
-    def __init__(self, head, target_dir, loss_cfg):
+    def __init__(self, head, target_dir, loss_cfg, train_lm_head: bool = False):
         super().__init__()
         self.head = head
         self.kind = loss_cfg.kind
@@ -41,8 +41,13 @@ class DraftTrainModule(nn.Module):
         lm_head = shared_target_weight(target_dir, "lm_head.weight")
         self.register_buffer("target_norm", norm.float())
         self.register_buffer("target_lm_head", lm_head[draft_ids_of(head)].float())
-        for name, p in head.named_parameters():  # shared with the target: never trained
-            if name == "embed_tokens.weight" or (head.config.arch != "eagle3" and name == "lm_head.weight"):
+        # The embedding is the target's, and so is EAGLE-1's lm_head: never trained. EAGLE-3's
+        # lm_head starts as the target's rows for the draft vocabulary and stays frozen unless
+        # asked: trained, it was most of the draft's weights and overfit (held-out loss 1.66 vs
+        # 1.04 in training on the `--budget full` store).
+        for name, p in head.named_parameters():
+            if name == "embed_tokens.weight" or (name == "lm_head.weight" and not
+                                                 (train_lm_head and head.config.arch == "eagle3")):
                 p.requires_grad_(False)
 
     def normed(self, last: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,7 @@ def _build_engine(run: Run, head) -> None:
     from speculators_kit.train.objective import DraftTrainModule
 
     cfg = run.cfg
-    run.module = DraftTrainModule(head, run.target, cfg.loss)
+    run.module = DraftTrainModule(head, run.target, cfg.loss, cfg.draft.train_lm_head)
     opt, sched = optimizer_and_schedule(run.module, cfg.optim, cfg.train.max_steps)
     run.engine, _, _, _ = deepspeed.initialize(model=run.module, optimizer=opt, lr_scheduler=sched,
                                                config=ds_config(cfg, run.world))

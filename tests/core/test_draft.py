@@ -8,17 +8,21 @@ from speculators_kit.core.build import draft_config_for_target, init_draft
 from speculators_kit.core.config import MoESpec
 from speculators_kit.core.draft import DraftCache
 
+NORMS = {"norm_before_fc": True, "norm_before_residual": True, "norm_output": True}
 VARIANTS = [
-    ("llama", "eagle3", 1, None),
-    ("llama", "eagle3", 2, None),
-    ("qwen3", "eagle3", 1, None),
-    ("llama", "eagle", 2, None),
-    ("qwen3_moe", "eagle3", 1, MoESpec(num_experts=4, top_k=2)),
+    ("llama", "eagle3", 1, None, None),
+    ("llama", "eagle3", 2, None, None),
+    ("llama", "eagle3", 2, None, NORMS),
+    ("llama", "eagle3", 1, None, {"fc_norm": True, "norm_output": True}),
+    ("qwen3", "eagle3", 1, None, None),
+    ("llama", "eagle", 2, None, None),
+    ("qwen3_moe", "eagle3", 1, MoESpec(num_experts=4, top_k=2), None),
 ]
 
 
-def build(tiny_targets, kind, arch, layers, moe, vocab=None):
-    cfg = draft_config_for_target(tiny_targets[kind], arch, layers, draft_vocab_size=vocab, moe=moe)
+def build(tiny_targets, kind, arch, layers, moe, vocab=None, norms=None):
+    cfg = draft_config_for_target(tiny_targets[kind], arch, layers, draft_vocab_size=vocab, moe=moe,
+                                  norms=norms)
     head = init_draft(cfg, tiny_targets[kind], "random", seed=1)
     with torch.no_grad():  # norms away from 1 so wiring mistakes show up
         for name, p in head.named_parameters():
@@ -41,9 +45,9 @@ def chain(head, ids, feats, start, steps):
     return out
 
 
-@pytest.mark.parametrize("kind,arch,layers,moe", VARIANTS)
-def test_training_forward_matches_cached_drafting(tiny_targets, kind, arch, layers, moe):
-    head = build(tiny_targets, kind, arch, layers, moe)
+@pytest.mark.parametrize("kind,arch,layers,moe,norms", VARIANTS)
+def test_training_forward_matches_cached_drafting(tiny_targets, kind, arch, layers, moe, norms):
+    head = build(tiny_targets, kind, arch, layers, moe, norms=norms)
     torch.manual_seed(0)
     seq, steps = 12, 3
     ids = torch.randint(0, head.config.layer.vocab_size, (1, seq))

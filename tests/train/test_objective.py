@@ -78,8 +78,9 @@ def test_ttt_loss_matches_naive_reference(tiny_llama, kind):
         expected = naive_loss(module, model, batch, kind, 2, [1.0, 0.8], draft_ids)
     assert torch.allclose(loss, expected.float(), rtol=1e-4, atol=1e-6), (loss, expected)
     assert stats[-1] == batch["dist_mask"][:, 1:].sum()  # every trained step-0 position counted
-    loss.backward()  # and the loss trains the head, not the frozen embedding
+    loss.backward()  # and the loss trains the head, not the frozen embedding and lm_head
     assert head.fc.weight.grad is not None and head.embed_tokens.weight.grad is None
+    assert head.lm_head.weight.grad is None
     # Held-out chains as long as serving drafts: more steps in the stats, the same loss.
     longer_loss, longer = module(batch, chain=4)
     assert torch.allclose(longer_loss, loss) and len(longer) == 4 + 2 and longer[-1] == stats[-1]
@@ -96,3 +97,14 @@ def test_tau_estimate_from_chain_counts():
     tau, per_pos = tau_from_stats(stats)
     assert tau == pytest.approx(1 + (0 + 2 + 3) / 3)
     assert per_pos == pytest.approx([2 / 3, 1.0, 0.5])
+
+
+def test_lm_head_trains_only_when_asked(tiny_llama):
+    cfg = draft_config_for_target(tiny_llama, "eagle3", 1, None, [1, 2], 3)
+    loss_cfg = SimpleNamespace(kind="kl", ttt_steps=1, step_weights="uniform")
+    frozen = DraftTrainModule(init_draft(cfg, tiny_llama, "random"), Path(tiny_llama), loss_cfg)
+    trained = DraftTrainModule(init_draft(cfg, tiny_llama, "random"), Path(tiny_llama), loss_cfg, train_lm_head=True)
+    assert not frozen.head.lm_head.weight.requires_grad and trained.head.lm_head.weight.requires_grad
+    # a frozen lm_head is the target's, also for a randomly initialised head
+    from speculators_kit.core.format import shared_target_weight
+    assert torch.equal(frozen.head.lm_head.weight, shared_target_weight(tiny_llama, "lm_head.weight").float())

@@ -29,6 +29,7 @@ def fails(capsys, cfg, tmp_path, expected):
     ({"draft": {"arch": "eagle", "draft_vocab_size": None, "moe": {"experts": 2}}}, r"MoE draft layers .* need draft.arch eagle3"),
     ({"draft": {"arch": "hass", "draft_vocab_size": None, "norm_output": True}}, r"draft.norm_output applies to draft.arch eagle3 only"),
     ({"draft": {"norm_before_fc": True, "fc_norm": True}}, r"norm_before_fc and draft.fc_norm .* set one of them"),
+    ({"draft": {"arch": "eagle", "draft_vocab_size": None, "train_lm_head": True}}, r"draft.train_lm_head applies to draft.arch eagle3 only"),
 ])
 def test_bad_config(train_config, capsys, tmp_path, sections, expected):
     fails(capsys, train_config(**sections), tmp_path, expected)

@@ -61,7 +61,7 @@ def test_resume_continues_the_same_curve(train_config, tmp_path):
 def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_path, tiny_llama, tiny_store):
     import torch
 
-    from speculators_kit.core.format import load_draft
+    from speculators_kit.core.format import load_draft, shared_target_weight
     from speculators_kit.core.store import StoreReader
 
     norms = {"norm_before_fc": True, "norm_before_residual": True, "norm_output": True}
@@ -77,6 +77,8 @@ def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_pat
     evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "tau" in r]
     assert evals and all(r["k"] == 4 and len(r["accept_per_pos"]) == 4 for r in evals)  # serving's k, not ttt_steps
     kept = set((head.d2t + torch.arange(64)).tolist())
+    target_rows = shared_target_weight(tiny_llama, "lm_head.weight")[head.d2t + torch.arange(64)]
+    torch.testing.assert_close(head.lm_head.weight, target_rows.float())  # frozen: still the target's
     answered = set(StoreReader(tiny_store).token_freq().nonzero().flatten().tolist())
     assert answered <= kept and 2 in kept  # every answer token, and the end-of-turn token
     assert head.config.speculators_kit.provenance["config"]["precision"] == "bf16"

@@ -6,6 +6,8 @@ hidden states with the same budget, evaluated by the same `speckit eval` (vLLM C
 
 `--ours RUN` reuses a finished `speckit train` run (the quickstart's) trained on the same store
 with the same budget instead of training ours again; its training time is then not measured.
+Another `--ours` on the same --work keeps the peer's finished training when the store, budget
+and draft vocabulary match, and re-runs every evaluation side by side.
 
 Both: 1-layer EAGLE-3 on SmolLM2-135M-Instruct, the same samples (our store exported to the
 peer's layout, benchmarks/peer_export.py), the same draft vocabulary (ours, passed to the peer
@@ -111,6 +113,18 @@ def reused_ours(run: Path, store: Path, a) -> dict:
     return cfg
 
 
+def same_peer_training(before: dict, now: dict, work: Path, drafts: dict) -> bool:
+    """The peer trained in `work` used this store, budget and our draft's vocabulary."""
+    if not before or {k: v for k, v in before.items() if k != "ours"} != {k: v for k, v in now.items() if k != "ours"}:
+        return False
+    if not drafts["peer"].is_dir():
+        return False
+    from safetensors.torch import load_file
+
+    vocab = drafts["ours"] / "model.safetensors"
+    return load_file(str(vocab))["d2t"].equal(load_file(str(drafts["peer"] / "model.safetensors"))["d2t"])
+
+
 def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
     """Both trainings, or their earlier results when this --work already has them from the same
     store and training settings (and --fresh is not given): a re-run only re-evaluates, and eval
@@ -118,11 +132,17 @@ def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
     done = work / "train_times.json"
     settings = {"store": str(store.resolve()), "steps": a.steps, "tokens": a.tokens, "lr": a.lr,
                 "warmup": a.warmup, "ours": a.ours}
-    if done.is_file() and not a.fresh and all(d.is_dir() for d in drafts.values()):
-        earlier = json.loads(done.read_text())
-        if earlier.get("settings") == settings:
-            return earlier["seconds"]
+    earlier = json.loads(done.read_text()) if done.is_file() and not a.fresh else {}
+    if earlier.get("settings") == settings and all(d.is_dir() for d in drafts.values()):
+        return earlier["seconds"]
     ours_cfg = reused_ours(Path(a.ours), store, a) if a.ours else None
+    if ours_cfg is not None and same_peer_training(earlier.get("settings", {}), settings, work, drafts):
+        # Only our draft changed (another --ours on the same store, budget and vocabulary):
+        # the peer's training stands; the old evaluations go, so everything is re-run side by side.
+        shutil.rmtree(work / "eval", ignore_errors=True)
+        times = {"ours": None, "peer": earlier["seconds"]["peer"]}
+        done.write_text(json.dumps({"settings": settings, "seconds": times}))
+        return times
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     peer_python()

@@ -45,7 +45,7 @@ def train_config(out: Path, b: dict) -> dict:
             "data": {"stores": [str(out / "store")], "eval_fraction": 0.05, "max_length": 1024, "seed": 0},
             "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": 8192,
                       "init": "target-last-layer", "num_speculative_tokens": b["k"]},
-            "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "decay"},
+            "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "uniform"},
             "optim": {"lr": b["lr"], "warmup_steps": b["warmup"]},
             "train": {"max_steps": b["steps"], "micro_batch_tokens": b["tokens"],
                       "eval_every": max(b["steps"] // 4, 1), "save_every": max(b["steps"] // 4, 1)},

@@ -8,7 +8,7 @@ from speculators_kit.core.config import MoESpec
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.format import shared_target_weight
 from speculators_kit.core.vocab import apply_draft_vocab, select_draft_vocab
-from speculators_kit.schema import NORM_KEYS
+from speculators_kit.schema import eagle3_norms
 
 ARCHS = {"eagle3": "eagle3", "eagle": "eagle", "hass": "hass"}
 
@@ -32,7 +32,7 @@ def build_head(cfg, target_dir, readers):
         raise SpecKitError("the stores hold only the last layer; EAGLE-3 needs aux layers: "
                            "re-run datagen with capture.layers: auto")
     provenance = {"created_by": "speckit train", "init": d.init}
-    norms = {key: getattr(d, key) for key in NORM_KEYS} if d.arch == "eagle3" else None
+    norms = eagle3_norms(d) if d.arch == "eagle3" else None
     config = draft_config_for_target(target_dir, ARCHS[d.arch], d.num_layers, size, aux,
                                      d.num_speculative_tokens, moe, provenance, norms)
     head = init_draft(config, target_dir, d.init, cfg.data.seed)

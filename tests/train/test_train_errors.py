@@ -93,3 +93,14 @@ def test_training_says_when_omp_num_threads_leaves_cores_idle(monkeypatch):
     assert "1 CPU thread(s) per process" in note
     if (os.cpu_count() or 1) > 1:
         assert "OMP_NUM_THREADS=1 leaves" in note and "cores idle" in note
+
+
+def test_eagle3_norm_flags_resolve():
+    """Unset: the speculators trainer's placement; fc_norm replaces norm_before_fc; set wins."""
+    from speculators_kit.schema import DraftSection, eagle3_norms
+
+    assert eagle3_norms(DraftSection()) == {"norm_before_fc": True, "fc_norm": False,
+                                            "norm_before_residual": True, "norm_output": True}
+    assert eagle3_norms(DraftSection(fc_norm=True))["norm_before_fc"] is False
+    assert eagle3_norms(DraftSection(norm_output=False))["norm_output"] is False
+    DraftSection(arch="hass")  # unset flags do not trip the eagle3-only check

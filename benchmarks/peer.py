@@ -113,16 +113,16 @@ def reused_ours(run: Path, store: Path, a) -> dict:
     return cfg
 
 
-def same_peer_training(before: dict, now: dict, work: Path, drafts: dict) -> bool:
-    """The peer trained in `work` used this store, budget and our draft's vocabulary."""
+def same_peer_training(before: dict, now: dict, drafts: dict) -> bool:
+    """The peer trained under `before` settings used this store, budget and our draft's vocabulary."""
     if not before or {k: v for k, v in before.items() if k != "ours"} != {k: v for k, v in now.items() if k != "ours"}:
         return False
     if not drafts["peer"].is_dir():
         return False
     from safetensors.torch import load_file
 
-    vocab = drafts["ours"] / "model.safetensors"
-    return load_file(str(vocab))["d2t"].equal(load_file(str(drafts["peer"] / "model.safetensors"))["d2t"])
+    d2t = {name: load_file(str(drafts[name] / "model.safetensors"))["d2t"] for name in ("ours", "peer")}
+    return d2t["ours"].equal(d2t["peer"])
 
 
 def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
@@ -136,7 +136,7 @@ def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
     if earlier.get("settings") == settings and all(d.is_dir() for d in drafts.values()):
         return earlier["seconds"]
     ours_cfg = reused_ours(Path(a.ours), store, a) if a.ours else None
-    if ours_cfg is not None and same_peer_training(earlier.get("settings", {}), settings, work, drafts):
+    if ours_cfg is not None and same_peer_training(earlier.get("settings", {}), settings, drafts):
         # Only our draft changed (another --ours on the same store, budget and vocabulary):
         # the peer's training stands; the old evaluations go, so everything is re-run side by side.
         shutil.rmtree(work / "eval", ignore_errors=True)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from speculators_kit import procs
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.eval.prompts import load_prompts
 from speculators_kit.eval.report import summarize, write_report
@@ -100,8 +101,8 @@ def _vllm_subprocess(spec: dict, path: Path) -> dict:
     env.setdefault("OMP_NUM_THREADS", "1")
     log_path = path.with_suffix(".log")
     with open(log_path, "w") as log:
-        code = subprocess.call([sys.executable, "-m", "speculators_kit.eval.vllm_runner", str(spec_path),
-                                str(out_path)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = procs.call([sys.executable, "-m", "speculators_kit.eval.vllm_runner", str(spec_path),
+                           str(out_path)], stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0 or not out_path.is_file():
         tail = log_path.read_text()[-1500:]
         raise SpecKitError(f"the vLLM run failed (exit {code}); its log is {log_path}. Last lines:\n{tail}")

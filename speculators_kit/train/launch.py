@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
+
+from speculators_kit import procs
 
 
 def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hostfile: str | None) -> int:
@@ -32,7 +33,7 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
-    return subprocess.call(cmd, env=env)
+    return procs.call(cmd, env=env)
 
 
 def _has_cuda() -> bool:

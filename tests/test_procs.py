@@ -1,0 +1,56 @@
+"""`speckit` killed while a child runs: the child's own children (vLLM's engine and workers,
+DeepSpeed's ranks) go too."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHILD = ("import subprocess, sys, time; "
+         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+         "open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)")
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a dead parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigint"])
+def test_killing_speckit_ends_the_grandchildren(tmp_path, how):
+    pid_file = tmp_path / "grandchild.pid"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys\n"
+        "from speculators_kit.cli import _exit_on_sigterm\n"
+        "from speculators_kit.procs import call\n"
+        "_exit_on_sigterm()\n"
+        f"call([sys.executable, '-c', {CHILD!r}, {str(pid_file)!r}])\n")])
+    try:
+        assert wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 30)
+        grandchild = int(pid_file.read_text())
+        assert alive(grandchild)
+        parent.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+        assert parent.wait(timeout=30) != 0
+        assert wait_for(lambda: not alive(grandchild), 10), "the grandchild outlived speckit"
+    finally:
+        parent.kill()
+        if pid_file.is_file() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)

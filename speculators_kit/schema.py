@@ -111,6 +111,9 @@ class TrainData(Strict):
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     max_length: int = Field(1024, ge=8)
     seed: int = 0
+    # Several samples per row of min(max_length, micro_batch_tokens) tokens, kept apart by
+    # document masks: a micro-batch then carries real tokens where it would carry padding.
+    packing: bool = False
 
 
 class MoESection(Strict):

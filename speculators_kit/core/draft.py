@@ -166,7 +166,8 @@ class DraftHead(nn.Module):
         return out
 
     # ---- training (teacher forced, training-time test) --------------------------------------
-    def forward_train(self, input_ids, target_hidden, ttt_steps: int = 1, attention_mask=None):
+    def forward_train(self, input_ids, target_hidden, ttt_steps: int = 1, attention_mask=None,
+                      positions=None, doc_ids=None):
         """Unrolled training forward.
 
         input_ids [B, T]: x[t+1] aligned with target_hidden[:, t]; target_hidden [B, T, fc_in].
@@ -174,12 +175,18 @@ class DraftHead(nn.Module):
         x[t+1+j] (zero past the end) and predicts x[t+2+j]. Its query attends causally to the
         step-0 keys and to its own row's keys of steps 1..j: exactly what a j+1-long draft
         chain started at t sees at inference. attention_mask [B, T] masks padding keys.
+        Packed rows: doc_ids [B, T] (-1: padding; replaces attention_mask) keep each sample's
+        queries to its own keys and positions [B, T] restart RoPE at each sample.
         Returns a list of ttt_steps logits tensors [B, T, Vd].
         """
         bsz, seq = input_ids.shape
-        base_pos = torch.arange(seq, device=input_ids.device).expand(bsz, seq)
+        base_pos = positions
+        if base_pos is None:
+            base_pos = torch.arange(seq, device=input_ids.device).expand(bsz, seq)
         causal = torch.tril(torch.ones(seq, seq, dtype=torch.bool, device=input_ids.device))[None, None]
-        if attention_mask is not None:
+        if doc_ids is not None:  # padding (-1) is a document of its own: no query is left keyless
+            causal = causal & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+        elif attention_mask is not None:
             causal = causal & attention_mask.bool()[:, None, None, :]
         step0_kv: list = []
         diag_kv: list = [[] for _ in self.layers]

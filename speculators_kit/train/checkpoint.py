@@ -17,8 +17,10 @@ from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.format import save_draft, shared_target_weight
 from speculators_kit.core.vocab import draft_ids_of
 
-# What must not change between a run and its resume (a different head cannot load the state).
-RESUME_KEYS = ("draft", "precision", "target_fingerprint", "layer_ids", "zero_stage", "world_size")
+# What must not change between a run and its resume: a different head cannot load the state,
+# different batching would replay other data than the interrupted run would have seen.
+RESUME_KEYS = ("draft", "precision", "target_fingerprint", "layer_ids", "zero_stage", "world_size",
+               "batches")
 
 
 def root(out_dir: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Training data from hidden-state stores: checks, a stable held-out split, packed micro-batches.
+"""Training data from hidden-state stores: checks, a stable held-out split, micro-batches
+(padded, or packed with document masks).
 
 Batch order is a pure function of (seed, epoch), so a resumed run replays exactly the batches
 the interrupted run would have seen.
@@ -67,13 +68,27 @@ def split(readers: list[StoreReader], fraction: float, max_length: int) -> tuple
     return train, held
 
 
-def batches(refs: list[Ref], tokens: int, max_length: int, seed: int, epoch: int) -> list[list[Ref]]:
-    """Shuffle, sort by length inside windows of 64 (less padding), pack up to `tokens` padded
-    tokens per micro-batch, shuffle the batches."""
+Batch = list[list[Ref]]  # rows; a row holds one sample, or several when packed
+
+
+def batches(refs: list[Ref], tokens: int, max_length: int, seed: int, epoch: int,
+            pack: bool = False) -> list[Batch]:
+    """Micro-batches of at most `tokens` tokens, padding included, in a shuffled order.
+
+    Unpacked: one sample per row, sorted by length inside windows of 64 so rows padded
+    together are alike. Packed: several samples per row of min(max_length, tokens) tokens,
+    kept apart by document masks, so a micro-batch carries real tokens instead of padding.
+    """
     rng = random.Random(seed * 1_000_003 + epoch)
     order = refs[:]
     rng.shuffle(order)
     cap = min(max_length, tokens)
+    out = _packed(order, cap, max(tokens // cap, 1)) if pack else _padded(order, cap, tokens)
+    rng.shuffle(out)
+    return out
+
+
+def _padded(order: list[Ref], cap: int, tokens: int) -> list[Batch]:
     out, cur, longest = [], [], 0
     for w in range(0, len(order), 64):
         for ref in sorted(order[w: w + 64], key=lambda r: r.length):
@@ -81,36 +96,61 @@ def batches(refs: list[Ref], tokens: int, max_length: int, seed: int, epoch: int
             if cur and (len(cur) + 1) * max(longest, n) > tokens:
                 out.append(cur)
                 cur, longest = [], 0
-            cur.append(ref)
+            cur.append([ref])
             longest = max(longest, n)
-    if cur:
-        out.append(cur)
-    rng.shuffle(out)
-    return out
+    return out + [cur] if cur else out
 
 
-def collate(readers: list[StoreReader], refs: list[Ref], max_length: int) -> dict[str, torch.Tensor]:
+def _packed(order: list[Ref], cap: int, rows_per_batch: int) -> list[Batch]:
+    """First-fit decreasing inside windows of 64 samples, then consecutive rows grouped."""
+    rows: list[list[Ref]] = []
+    for w in range(0, len(order), 64):
+        window, free = [], []
+        for ref in sorted(order[w: w + 64], key=lambda r: -r.length):
+            n = min(ref.length, cap)
+            slot = next((i for i, f in enumerate(free) if f >= n), None)
+            if slot is None:
+                window.append([])
+                free.append(cap)
+                slot = len(window) - 1
+            window[slot].append(ref)
+            free[slot] -= n
+        rows += window
+    return [rows[i: i + rows_per_batch] for i in range(0, len(rows), rows_per_batch)]
+
+
+def collate(readers: list[StoreReader], rows: Batch, max_length: int) -> dict[str, torch.Tensor]:
     """Padded batch. hidden: [B, T, layers, H]; dist_mask[b, p]: the target distribution at p
     is trained (p+1 is an answer token, or p is the last stored answer token: it predicts the
-    end of the answer)."""
-    samples = [readers[r.store][r.index] for r in refs]
-    length = max(min(len(s["token_ids"]), max_length) for s in samples)
-    first = samples[0]["hidden"]
-    batch = {
-        "token_ids": torch.zeros(len(samples), length, dtype=torch.long),
-        "hidden": torch.zeros(len(samples), length, *first.shape[1:]),
-        "dist_mask": torch.zeros(len(samples), length, dtype=torch.bool),
-        "valid": torch.zeros(len(samples), length, dtype=torch.bool),
-    }
-    for b, s in enumerate(samples):
-        n = min(len(s["token_ids"]), max_length)
-        batch["token_ids"][b, :n] = s["token_ids"][:n]
-        batch["hidden"][b, :n] = s["hidden"][:n]
-        mask = s["loss_mask"][:n]
-        batch["dist_mask"][b, : n - 1] = mask[1:]
-        batch["dist_mask"][b, n - 1] = mask[n - 1] and n == len(s["token_ids"])
-        batch["valid"][b, :n] = True
+    end of the answer). doc[b, p]: which sample of row b position p belongs to (-1: padding);
+    positions: the position inside that sample, as the draft sees it when serving."""
+    rows = [[readers[r.store][r.index] for r in row] for row in rows]
+    length = max(sum(_kept(s, max_length) for s in row) for row in rows)
+    shape = (len(rows), length)
+    batch = {"token_ids": torch.zeros(shape, dtype=torch.long),
+             "hidden": torch.zeros(*shape, *rows[0][0]["hidden"].shape[1:]),
+             "dist_mask": torch.zeros(shape, dtype=torch.bool),
+             "doc": torch.full(shape, -1, dtype=torch.long),
+             "positions": torch.zeros(shape, dtype=torch.long)}
+    for b, row in enumerate(rows):
+        at = 0
+        for d, s in enumerate(row):
+            n = _kept(s, max_length)
+            span = slice(at, at + n)
+            batch["token_ids"][b, span] = s["token_ids"][:n]
+            batch["hidden"][b, span] = s["hidden"][:n]
+            mask = s["loss_mask"][:n]
+            batch["dist_mask"][b, at: at + n - 1] = mask[1:]
+            batch["dist_mask"][b, at + n - 1] = mask[n - 1] and n == len(s["token_ids"])
+            batch["doc"][b, span] = d
+            batch["positions"][b, span] = torch.arange(n)
+            at += n
+    batch["valid"] = batch["doc"] >= 0
     return batch
+
+
+def _kept(sample: dict, max_length: int) -> int:
+    return min(len(sample["token_ids"]), max_length)
 
 
 def describe(manifest: StoreManifest, train: list[Ref], held: list[Ref]) -> str:

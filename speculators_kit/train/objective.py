@@ -66,14 +66,19 @@ class DraftTrainModule(nn.Module):
             target_logp = F.log_softmax(normed @ self.target_lm_head.to(dtype).T, dim=-1, dtype=torch.float32)
         feats = hidden[..., :-1, :].flatten(-2) if self.head.config.arch == "eagle3" else normed
         ids, valid, dist = batch["token_ids"], batch["valid"], batch["dist_mask"]
+        doc, pos = batch.get("doc"), batch.get("positions")
         chain = max(chain or self.steps, self.steps)
-        outputs = self.head.forward_train(ids[:, 1:], feats[:, :-1], chain, attention_mask=valid[:, 1:])
+        outputs = self.head.forward_train(ids[:, 1:], feats[:, :-1], chain, attention_mask=valid[:, 1:],
+                                          positions=None if pos is None else pos[:, :-1],
+                                          doc_ids=None if doc is None else doc[:, :-1])
         total, matches, masks = 0.0, [], []
         for j, logits in enumerate(outputs):
             n = ids.shape[1] - 1 - j  # positions whose step-j prediction exists
             draft_logp = F.log_softmax(logits[:, :n].float(), dim=-1)
             tgt = target_logp[:, 1 + j: 1 + j + n]
             mask = (dist & valid)[:, 1 + j: 1 + j + n]
+            if doc is not None:  # a packed chain must not run into the next sample
+                mask = mask & (doc[:, :n] == doc[:, 1 + j: 1 + j + n])
             if j < self.steps:
                 loss = self._loss(draft_logp, tgt)
                 total = total + self.weights[j] * (loss * mask).sum() / mask.sum().clamp(min=1)

@@ -59,7 +59,9 @@ def setup(cfg, resume: bool) -> Run:
     run = Run(cfg, rank, world, target, out, readers, train_refs, held_refs)
     run.identity = {"draft": cfg.draft.model_dump(), "precision": cfg.precision,
                     "target_fingerprint": fingerprint, "layer_ids": manifest.layer_ids,
-                    "zero_stage": cfg.deepspeed.zero_stage, "world_size": world}
+                    "zero_stage": cfg.deepspeed.zero_stage, "world_size": world,
+                    "batches": {k: getattr(cfg.data, k) for k in ("max_length", "seed", "packing")}
+                    | {"micro_batch_tokens": cfg.train.micro_batch_tokens}}
     _build_engine(run, head)
     if ckpt is not None:
         state = checkpoint.read_state(ckpt)
@@ -117,7 +119,8 @@ def train(run: Run) -> dict:
     window = {"tokens": 0, "seconds": 0.0, "losses": []}  # since the last log line; training only
     bar = _bar(run)
     while run.step < t.max_steps:
-        order = data.batches(run.train_refs, t.micro_batch_tokens, cfg.data.max_length, cfg.data.seed, run.epoch)
+        order = data.batches(run.train_refs, t.micro_batch_tokens, cfg.data.max_length, cfg.data.seed,
+                             run.epoch, pack=cfg.data.packing)
         steps_in_epoch = len(order) // per_step
         if steps_in_epoch == 0:
             raise SpecKitError(f"the training data makes {len(order)} micro-batches, fewer than one "
@@ -150,8 +153,8 @@ def _one_step(run: Run, order, per_step: int) -> tuple[float, int]:
     run.engine.train()
     total, tokens = 0.0, 0
     for a in range(run.cfg.train.grad_accum):
-        refs = order[run.pos * per_step + a * run.world + run.rank]
-        batch = data.collate(run.readers, refs, run.cfg.data.max_length)
+        rows = order[run.pos * per_step + a * run.world + run.rank]
+        batch = data.collate(run.readers, rows, run.cfg.data.max_length)
         loss, _ = run.engine(batch)
         run.engine.backward(loss)
         run.engine.step()
@@ -168,6 +171,7 @@ def evaluate(run: Run) -> dict | None:
         return None
     cfg = run.cfg
     refs = run.held_refs[: cfg.train.eval_samples]
+    # Unpacked whatever data.packing says: the same batches, so the eval loss compares across runs.
     order = data.batches(refs, cfg.train.micro_batch_tokens, cfg.data.max_length, cfg.data.seed, 0)
     run.engine.eval()
     # Chains as long as the ones the draft will serve (its num_speculative_tokens), not only the
@@ -177,7 +181,7 @@ def evaluate(run: Run) -> dict | None:
     for i in range(run.rank, len(order), run.world):
         loss, stats = run.engine(data.collate(run.readers, order[i], cfg.data.max_length), chain=k)
         sums[:-1] += stats.cpu()
-        sums[-1] += float(loss) * len(order[i])
+        sums[-1] += float(loss) * sum(map(len, order[i]))
     dist.all_reduce(sums)
     tau, per_pos = tau_from_stats(sums[:-1])
     result = {"step": run.step, "eval_loss": float(sums[-1]) / len(refs), "tau": tau,

@@ -34,10 +34,11 @@ def test_zero_stages_and_process_counts_give_the_same_curve(train_config, tmp_pa
 
 def test_resume_continues_the_same_curve(train_config, tmp_path):
     """Interrupted after the step-3 checkpoint (its later state removed), --resume re-runs steps
-    4-6 mid-epoch: losses equal the uninterrupted run within 1e-6 (measured: bit-identical)."""
+    4-6 mid-epoch (packed batches): losses equal the uninterrupted run within 1e-6 (measured:
+    bit-identical)."""
     from speculators_kit.core.format import read_config
 
-    cfg = train_config()
+    cfg = train_config(data={"packing": True})
     full = speckit("train", cfg)
     assert full.returncode == 0, full.stderr[-3000:]
     uninterrupted = losses(tmp_path / "run")
@@ -56,6 +57,10 @@ def test_resume_continues_the_same_curve(train_config, tmp_path):
     changed = speckit("train", cfg, "--resume", "--set", "draft.num_layers=2")
     assert changed.returncode == 1 and "cannot resume" in changed.stderr
     assert "draft:" in changed.stderr and "num_layers" in changed.stderr
+    # nor can other batching: it would replay other data
+    unpacked = speckit("train", cfg, "--resume", "--set", "data.packing=false")
+    assert unpacked.returncode == 1 and "cannot resume" in unpacked.stderr
+    assert "batches:" in unpacked.stderr and "'packing': True" in unpacked.stderr
 
 
 def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_path, tiny_llama, tiny_store):

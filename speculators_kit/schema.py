@@ -113,6 +113,8 @@ class TrainData(Strict):
     seed: int = 0
     # Several samples per row of min(max_length, micro_batch_tokens) tokens, kept apart by
     # document masks: a micro-batch then carries real tokens where it would carry padding.
+    # Off by default: attention is dense over each row, so on CPU a packed step cost ~1.5x
+    # a sorted padded one for ~12% more real tokens.
     packing: bool = False
 
 

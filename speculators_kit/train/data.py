@@ -124,15 +124,15 @@ def collate(readers: list[StoreReader], rows: Batch, max_length: int) -> dict[st
     is trained (p+1 is an answer token, or p is the last stored answer token: it predicts the
     end of the answer). doc[b, p]: which sample of row b position p belongs to (-1: padding);
     positions: the position inside that sample, as the draft sees it when serving."""
-    rows = [[readers[r.store][r.index] for r in row] for row in rows]
-    length = max(sum(_kept(s, max_length) for s in row) for row in rows)
-    shape = (len(rows), length)
+    samples = [[readers[r.store][r.index] for r in row] for row in rows]
+    length = max(sum(_kept(s, max_length) for s in row) for row in samples)
+    shape = (len(samples), length)
     batch = {"token_ids": torch.zeros(shape, dtype=torch.long),
-             "hidden": torch.zeros(*shape, *rows[0][0]["hidden"].shape[1:]),
+             "hidden": torch.zeros(*shape, *samples[0][0]["hidden"].shape[1:]),
              "dist_mask": torch.zeros(shape, dtype=torch.bool),
              "doc": torch.full(shape, -1, dtype=torch.long),
              "positions": torch.zeros(shape, dtype=torch.long)}
-    for b, row in enumerate(rows):
+    for b, row in enumerate(samples):
         at = 0
         for d, s in enumerate(row):
             n = _kept(s, max_length)

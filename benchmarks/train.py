@@ -1,10 +1,12 @@
-"""Training throughput on SmolLM2 stores: 1 vs 2 processes, ZeRO 0 vs 2 (1-layer EAGLE-3, bf16).
+"""Training throughput on SmolLM2 stores (1-layer EAGLE-3, bf16).
 
-    python benchmarks/train.py [--store runs/smollm2/store] [--steps 12] [--repeats 2]
+    python benchmarks/train.py [--store runs/smollm2/store] [--steps 12] [--repeats 2] [--compare packing]
+--compare processes (default): 1 vs 2 processes, ZeRO 0 vs 2 -> results/train.{json,md}.
+--compare packing: padded vs packed micro-batches (1 process, ZeRO 2) -> results/train_packing.*.
 Without a store, makes one (150 GSM8K questions with their reference answers, vLLM capture).
 Each configuration runs --repeats times, interleaved; the table gives the median over all
-steps (first step of each run excluded: warm-up) of training tokens/s, summed over processes.
-Writes benchmarks/results/train.{json,md}.
+steps (first step of each run excluded: warm-up) of real (non-padding) training tokens/s,
+summed over processes, and of seconds per optimizer step.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from pathlib import Path
 
 from common import ROOT, speckit, write
 
+from speculators_kit.core.store import StoreReader
+
 CONFIG = ROOT / "configs" / "train" / "smollm2-eagle3-1layer.yaml"
-RUNS = [(1, 0), (1, 2), (2, 0), (2, 2)]
+RUNS = {"processes": [(1, 0, False), (1, 2, False), (2, 0, False), (2, 2, False)],
+        "packing": [(1, 2, False), (1, 2, True)]}
 
 
 def make_store(path: Path) -> None:
@@ -28,14 +33,16 @@ def make_store(path: Path) -> None:
             "--set", f"output.dir={path}")
 
 
-def run(store: Path, out: Path, nproc: int, stage: int, steps: int, tokens: int) -> list[float]:
+def run(store: Path, out: Path, key: tuple, steps: int, tokens: int) -> list[dict]:
+    nproc, stage, packing = key
     speckit("train", str(CONFIG), "--nproc", str(nproc), "--set", f"data.stores=[{store}]",
+            "--set", f"data.packing={str(packing).lower()}",
             "--set", f"output.dir={out}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
             "--set", f"train.eval_every={steps}", "--set", f"train.save_every={steps}",
             "--set", f"deepspeed.zero_stage={stage}", "--set", f"train.micro_batch_tokens={tokens}",
             "--set", "logging.tensorboard=false", threads=max(1, 2 // nproc))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [r["tokens_per_s"] for r in rows if "loss" in r and r["step"] > 1]
+    return [r for r in rows if "loss" in r and r["step"] > 1]
 
 
 def main() -> None:
@@ -44,25 +51,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--micro-batch-tokens", type=int, default=2048)
+    parser.add_argument("--compare", choices=sorted(RUNS), default="processes")
     args = parser.parse_args()
+    runs = RUNS[args.compare]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         store = args.store
         if not (store / "manifest.json").is_file():
             store = tmp / "store"
             make_store(store)
-        rates = {key: [] for key in RUNS}
+        logged = {key: [] for key in runs}
         for r in range(args.repeats):
-            for nproc, stage in RUNS:
-                rates[(nproc, stage)] += run(store, tmp / f"{nproc}-{stage}-{r}", nproc, stage,
-                                             args.steps, args.micro_batch_tokens)
-    base = statistics.median(rates[RUNS[0]])
-    rows = [{"processes": n, "zero_stage": s, "tokens_per_s": statistics.median(rates[(n, s)]),
-             "vs_1proc_zero0": statistics.median(rates[(n, s)]) / base, "steps_measured": len(rates[(n, s)])}
-            for n, s in RUNS]
+            for key in runs:
+                logged[key] += run(store, tmp / f"{'-'.join(map(str, key))}-{r}", key, args.steps,
+                                   args.micro_batch_tokens)
+    rate = {key: statistics.median(row["tokens_per_s"] for row in logged[key]) for key in runs}
+    rows = [{"processes": n, "zero_stage": s, "packing": p, "tokens_per_s": rate[(n, s, p)],
+             "step_s": statistics.median(row["step_s"] for row in logged[(n, s, p)]),
+             "vs_first": rate[(n, s, p)] / rate[runs[0]], "steps_measured": len(logged[(n, s, p)])}
+            for n, s, p in runs]
     meta = {"target": "smollm2-135m-instruct", "draft": "eagle3 1 layer, vocab 8192", "precision": "bf16",
-            "micro_batch_tokens": args.micro_batch_tokens, "machine": "2 CPU cores, no GPU"}
-    write("train", rows, ["processes", "zero_stage", "tokens_per_s", "vs_1proc_zero0", "steps_measured"], meta)
+            "micro_batch_tokens": args.micro_batch_tokens, "store": str(store), "store_samples": len(StoreReader(store)), "machine": "2 CPU cores, no GPU"}
+    name = "train" if args.compare == "processes" else f"train_{args.compare}"
+    write(name, rows, ["processes", "zero_stage", "packing", "tokens_per_s", "step_s", "vs_first",
+                       "steps_measured"], meta)
 
 
 if __name__ == "__main__":

@@ -111,11 +111,10 @@ class TrainData(Strict):
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     max_length: int = Field(1024, ge=8)
     seed: int = 0
-    # Several samples per row of min(max_length, micro_batch_tokens) tokens, kept apart by
-    # document masks: a micro-batch then carries real tokens where it would carry padding.
-    # Off by default: attention is dense over each row, so on CPU a packed step cost ~1.5x
-    # a sorted padded one for ~12% more real tokens.
-    packing: bool = False
+    # Several samples per row of min(max_length, micro_batch_tokens) tokens, attention kept
+    # within each sample: a micro-batch carries real tokens where it would carry padding
+    # (1929 vs 1726 of 2048 on the quickstart's full store), at the same cost per real token.
+    packing: bool = True
 
 
 class MoESection(Strict):

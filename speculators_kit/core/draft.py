@@ -183,11 +183,13 @@ class DraftHead(nn.Module):
         base_pos = positions
         if base_pos is None:
             base_pos = torch.arange(seq, device=input_ids.device).expand(bsz, seq)
-        causal = torch.tril(torch.ones(seq, seq, dtype=torch.bool, device=input_ids.device))[None, None]
-        if doc_ids is not None:  # padding (-1) is a document of its own: no query is left keyless
-            causal = causal & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
-        elif attention_mask is not None:
-            causal = causal & attention_mask.bool()[:, None, None, :]
+        segments = causal = None
+        if doc_ids is not None:
+            segments = document_runs(doc_ids)
+        else:
+            causal = torch.tril(torch.ones(seq, seq, dtype=torch.bool, device=input_ids.device))[None, None]
+            if attention_mask is not None:
+                causal = causal & attention_mask.bool()[:, None, None, :]
         step0_kv: list = []
         diag_kv: list = [[] for _ in self.layers]
         hidden = self.fuse(target_hidden)
@@ -199,12 +201,28 @@ class DraftHead(nn.Module):
                 def attend(attn, q, k, v):
                     if step == 0:
                         step0_kv.append((k, v))
-                        return attn.attend(q, k, v, causal)
-                    diag_kv[i].append((k, v))
+                    else:
+                        diag_kv[i].append((k, v))
                     k0, v0 = step0_kv[i]
+                    if segments is not None:
+                        return attn.attend_segments(q, k0, v0, segments, diag_kv=diag_kv[i])
                     return attn.attend(q, k0, v0, causal, diag_kv=diag_kv[i])
                 return attend
 
             logit_hidden, hidden = self._decode(ids, hidden, base_pos + step, attend_for)
             outputs.append(self.compute_logits(logit_hidden))
         return outputs
+
+
+def document_runs(doc_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """[B, T] sample ids (-1 = padding) -> per row, the (start, end) runs of each sample."""
+    runs = []
+    for row in doc_ids.tolist():
+        row_runs, start = [], 0
+        for t in range(1, len(row) + 1):
+            if t == len(row) or row[t] != row[start]:
+                if row[start] >= 0:
+                    row_runs.append((start, t))
+                start = t
+        runs.append(row_runs)
+    return runs

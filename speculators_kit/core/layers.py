@@ -82,23 +82,49 @@ class Attention(nn.Module):
         (the keys of later training-time-test steps, arXiv 2503.01840 section 3.3).
         Returns [B, T, H*Dh] projected by o_proj.
         """
+        return self._project_out(self._context(q, k, v, mask, diag_kv))
+
+    def attend_segments(self, q, k, v, segments, diag_kv=()):
+        """Causal attention within each segment only (block-diagonal), as `attend` with
+        T == S. segments[b]: (start, end) runs of row b; positions outside every run (padding)
+        get zeros. Packed rows pay for their samples' attention, not for the whole row's."""
+        seq = q.shape[2]
+        rows = []
+        for b, runs in enumerate(segments):
+            pieces, at = [], 0
+            for start, end in runs:
+                if start > at:
+                    pieces.append(q.new_zeros(1, q.shape[1], start - at, q.shape[3]))
+                span = (slice(b, b + 1), slice(None), slice(start, end))
+                causal = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).tril()
+                diag = [(kj[span], vj[span]) for kj, vj in diag_kv]
+                pieces.append(self._context(q[span], k[span], v[span], causal[None, None], diag))
+                at = end
+            if at < seq:
+                pieces.append(q.new_zeros(1, q.shape[1], seq - at, q.shape[3]))
+            rows.append(torch.cat(pieces, dim=2))
+        return self._project_out(torch.cat(rows, dim=0))
+
+    def _context(self, q, k, v, mask, diag_kv):
+        """Attention-weighted values [B, H, T, Dh] (before o_proj)."""
         groups = self.num_heads // self.num_kv_heads
         k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
         scale = self.head_dim ** -0.5
         scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # [B, H, T, S]
         scores = scores.masked_fill(~mask, float("-inf"))
         extra = [(kj.repeat_interleave(groups, 1), vj.repeat_interleave(groups, 1)) for kj, vj in diag_kv]
-        if extra:
-            diag = torch.stack([(q * kj).sum(-1) * scale for kj, _ in extra], dim=-1)  # [B,H,T,J]
-            probs = torch.softmax(torch.cat([scores, diag], dim=-1).float(), dim=-1).to(q.dtype)
-            out = torch.matmul(probs[..., : scores.shape[-1]], v)
-            for j, (_, vj) in enumerate(extra):
-                out = out + probs[..., scores.shape[-1] + j, None] * vj
-        else:
-            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-            out = torch.matmul(probs, v)
-        bsz, _, seq, _ = out.shape
-        return self.o_proj(out.transpose(1, 2).reshape(bsz, seq, -1))
+        if not extra:
+            return torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
+        diag = torch.stack([(q * kj).sum(-1) * scale for kj, _ in extra], dim=-1)  # [B,H,T,J]
+        probs = torch.softmax(torch.cat([scores, diag], dim=-1).float(), dim=-1).to(q.dtype)
+        out = torch.matmul(probs[..., : scores.shape[-1]], v)
+        for j, (_, vj) in enumerate(extra):
+            out = out + probs[..., scores.shape[-1] + j, None] * vj
+        return out
+
+    def _project_out(self, context):
+        bsz, _, seq, _ = context.shape
+        return self.o_proj(context.transpose(1, 2).reshape(bsz, seq, -1))
 
 
 class MLP(nn.Module):

@@ -86,6 +86,24 @@ def test_padding_mask_hides_keys(tiny_targets):
     torch.testing.assert_close(padded[0][0, 3:], alone[0][0], atol=2e-5, rtol=1e-4)
 
 
+def test_document_ids_keep_packed_samples_apart(tiny_targets):
+    """Row 0 packs samples of 5 and 4 tokens plus 3 padding; row 1 is one 12-token sample.
+    Each sample's logits equal those of the sample run alone, positions restarting at 0."""
+    head = build(tiny_targets, "llama", "eagle3", 2, None)
+    ids = torch.randint(0, 256, (2, 12))
+    feats = torch.randn(2, 12, head.config.feature_size)
+    doc = torch.tensor([[0] * 5 + [1] * 4 + [-1] * 3, [0] * 12])
+    pos = torch.tensor([list(range(5)) + list(range(4)) + [0] * 3, list(range(12))])
+    with torch.no_grad():
+        packed = head.forward_train(ids, feats, 2, positions=pos, doc_ids=doc)
+        for row, start, end in ((0, 0, 5), (0, 5, 9), (1, 0, 12)):
+            alone = head.forward_train(ids[row:row + 1, start:end], feats[row:row + 1, start:end], 2)
+            torch.testing.assert_close(packed[0][row, start:end], alone[0][0], atol=2e-5, rtol=1e-4)
+            # step 1 at a sample's last position reads the next sample's token: never trained
+            torch.testing.assert_close(packed[1][row, start:end - 1], alone[1][0, :-1], atol=2e-5, rtol=1e-4)
+    assert torch.isfinite(packed[1][0, 9:]).all()  # padding rows stay finite
+
+
 def test_reduced_vocab_maps_back_to_target_ids(tiny_targets):
     head = build(tiny_targets, "llama", "eagle3", 1, None, vocab=32)
     with torch.no_grad():

@@ -35,6 +35,7 @@ class DraftTrainModule(nn.Module):
         self.kind = loss_cfg.kind
         self.steps = loss_cfg.ttt_steps
         self.weights = step_weights(loss_cfg.step_weights, self.steps)
+        self.all_tokens = loss_cfg.tokens == "all"
         tcfg = target_config(target_dir)
         self.eps = tcfg.get("rms_norm_eps", 1e-6)
         norm = load_target_tensors(target_dir, ("model.norm.weight",))["model.norm.weight"]
@@ -77,11 +78,15 @@ class DraftTrainModule(nn.Module):
             draft_logp = F.log_softmax(logits[:, :n].float(), dim=-1)
             tgt = target_logp[:, 1 + j: 1 + j + n]
             mask = (dist & valid)[:, 1 + j: 1 + j + n]
+            # Training on every token also fits the prompts' distributions (the target wrote
+            # them too, or they are context it reads); evaluation always scores answers.
+            trained = valid[:, 1 + j: 1 + j + n] if self.all_tokens and self.training else mask
             if doc is not None:  # a packed chain must not run into the next sample
-                mask = mask & (doc[:, :n] == doc[:, 1 + j: 1 + j + n])
+                same = doc[:, :n] == doc[:, 1 + j: 1 + j + n]
+                mask, trained = mask & same, trained & same
             if j < self.steps:
                 loss = self._loss(draft_logp, tgt)
-                total = total + self.weights[j] * (loss * mask).sum() / mask.sum().clamp(min=1)
+                total = total + self.weights[j] * (loss * trained).sum() / trained.sum().clamp(min=1)
             matches.append(draft_logp.argmax(-1) == tgt.argmax(-1))
             masks.append(mask)
         total = total / sum(self.weights) + MOE_BALANCE_WEIGHT * self._balance()

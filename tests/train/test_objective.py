@@ -1,7 +1,6 @@
 """The TTT objective against a naive reference built from the tiny target's own HF modules."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torch.nn.functional as F
 
 from speculators_kit.core.build import draft_config_for_target, init_draft
 from speculators_kit.core.vocab import apply_draft_vocab, select_draft_vocab
+from speculators_kit.schema import LossSection
 from speculators_kit.train.objective import DraftTrainModule, chain_stats, tau_from_stats
 
 
@@ -37,7 +37,7 @@ def batch_for(target_dir, lengths, answer_from, layer_ids, seed=0):
     return out, model
 
 
-def naive_loss(module, model, batch, kind, steps, weights, draft_ids):
+def naive_loss(module, model, batch, kind, steps, weights, draft_ids, all_tokens=False):
     """Loop over positions: step-j logits at t vs the target distribution of position t+1+j."""
     outputs = module.head.forward_train(batch["token_ids"][:, 1:], batch["hidden"][..., :-1, :].flatten(-2)[:, :-1],
                                         steps, attention_mask=batch["valid"][:, 1:])
@@ -47,7 +47,9 @@ def naive_loss(module, model, batch, kind, steps, weights, draft_ids):
         for b in range(logits.shape[0]):
             for t in range(logits.shape[1]):
                 p = t + 1 + j
-                if p >= batch["token_ids"].shape[1] or not (batch["valid"][b, p] and batch["dist_mask"][b, p]):
+                if p >= batch["token_ids"].shape[1] or not batch["valid"][b, p]:
+                    continue
+                if not (all_tokens or batch["dist_mask"][b, p]):
                     continue
                 full = model.lm_head(model.model.norm(batch["hidden"][b, p, -1]))
                 target = F.softmax(full[draft_ids], -1)
@@ -63,20 +65,26 @@ def naive_loss(module, model, batch, kind, steps, weights, draft_ids):
     return total / sum(weights)
 
 
-@pytest.mark.parametrize("kind", ["kl", "ce", "tv"])
-def test_ttt_loss_matches_naive_reference(tiny_llama, kind):
+@pytest.mark.parametrize("kind,tokens", [("kl", "answer"), ("ce", "answer"), ("tv", "answer"), ("kl", "all")])
+def test_ttt_loss_matches_naive_reference(tiny_llama, kind, tokens):
     cfg = draft_config_for_target(tiny_llama, "eagle3", 1, 96, [1, 2], 3)
     head = init_draft(cfg, tiny_llama, "random", seed=1)
     counts = torch.arange(256).flip(0)  # any counts: the mapping is what matters
     draft_ids = select_draft_vocab(counts, 96, [2])
     apply_draft_vocab(head, draft_ids)
-    loss_cfg = SimpleNamespace(kind=kind, ttt_steps=2, step_weights="decay")
+    loss_cfg = LossSection(kind=kind, ttt_steps=2, step_weights="decay", tokens=tokens)
     module = DraftTrainModule(head, Path(tiny_llama), loss_cfg)
     batch, model = batch_for(tiny_llama, [12, 9], answer_from=4, layer_ids=[1, 2, 4])
     loss, stats = module(batch)
     with torch.no_grad():
-        expected = naive_loss(module, model, batch, kind, 2, [1.0, 0.8], draft_ids)
+        expected = naive_loss(module, model, batch, kind, 2, [1.0, 0.8], draft_ids, tokens == "all")
+        answers = naive_loss(module, model, batch, kind, 2, [1.0, 0.8], draft_ids)
     assert torch.allclose(loss, expected.float(), rtol=1e-4, atol=1e-6), (loss, expected)
+    if tokens == "all":  # the prompts count in training; evaluation scores the answers only
+        assert not torch.allclose(expected, answers, rtol=1e-3)
+        module.eval()
+        assert torch.allclose(module(batch)[0], answers.float(), rtol=1e-4, atol=1e-6)
+        module.train()
     assert stats[-1] == batch["dist_mask"][:, 1:].sum()  # every trained step-0 position counted
     loss.backward()  # and the loss trains the head, not the frozen embedding and lm_head
     assert head.fc.weight.grad is not None and head.embed_tokens.weight.grad is None
@@ -101,7 +109,7 @@ def test_tau_estimate_from_chain_counts():
 
 def test_lm_head_trains_only_when_asked(tiny_llama):
     cfg = draft_config_for_target(tiny_llama, "eagle3", 1, None, [1, 2], 3)
-    loss_cfg = SimpleNamespace(kind="kl", ttt_steps=1, step_weights="uniform")
+    loss_cfg = LossSection(kind="kl", ttt_steps=1, step_weights="uniform")
     frozen = DraftTrainModule(init_draft(cfg, tiny_llama, "random"), Path(tiny_llama), loss_cfg)
     trained = DraftTrainModule(init_draft(cfg, tiny_llama, "random"), Path(tiny_llama), loss_cfg, train_lm_head=True)
     assert not frozen.head.lm_head.weight.requires_grad and trained.head.lm_head.weight.requires_grad

@@ -2,7 +2,6 @@
 
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from speculators_kit.core.build import draft_config_for_target, init_draft
 from speculators_kit.core.store import StoreReader
 from speculators_kit.core.vocab import apply_draft_vocab, select_draft_vocab
+from speculators_kit.schema import LossSection
 from speculators_kit.train import data
 from speculators_kit.train.objective import DraftTrainModule
 
@@ -51,7 +51,7 @@ def module(tiny_llama, tiny_store):
     cfg = draft_config_for_target(tiny_llama, "eagle3", 1, 96, reader.manifest.aux_layer_ids, 5)
     head = init_draft(cfg, tiny_llama, "random", seed=1)
     apply_draft_vocab(head, select_draft_vocab(torch.arange(256).flip(0), 96, [2]))
-    loss_cfg = SimpleNamespace(kind="kl", ttt_steps=3, step_weights="uniform")
+    loss_cfg = LossSection(kind="kl", ttt_steps=3, step_weights="uniform")
     return DraftTrainModule(head, Path(tiny_llama), loss_cfg).eval(), reader
 
 

@@ -36,6 +36,8 @@ def write(name: str, rows: list[dict], columns: list[str], meta: dict) -> Path:
 
 
 def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    if value is None:
+        return ""
+    if isinstance(value, float):  # '#' keeps trailing zeros: a ratio of 1.00 is not shown as 1
+        return f"{value:#.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)

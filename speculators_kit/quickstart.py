@@ -22,12 +22,16 @@ import yaml
 # init: a draft layer copied from the target's last layer leads for the first ~400 steps
 # (held-out τ 1.99 vs 1.89 at step 375 of the full budget); a random one wins by the end
 # (3.10 vs 2.88 at step 1500).
+# loss_on all (loss.tokens): the prompts are the target's own text here, and training on their
+# distributions too raised the full budget's MT-bench τ 2.16 -> 2.22 (7 of 8 categories) at
+# equal held-out τ; the small budget keeps the answer-only loss its published numbers used.
 BUDGETS = {
     "small": {"samples": 600, "new_tokens": 128, "steps": 400, "tokens": 2048, "warmup": 20,
-              "lr": 1e-3, "init": "target-last-layer", "eval_prompts": 8, "eval_tokens": 128, "k": 3,
-              "ngram": False},
+              "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,
+              "eval_tokens": 128, "k": 3, "ngram": False},
     "full": {"samples": 3000, "new_tokens": 256, "steps": 1500, "tokens": 2048, "warmup": 50,
-             "lr": 1e-3, "init": "random", "eval_prompts": 40, "eval_tokens": 256, "k": 5, "ngram": True},
+             "lr": 1e-3, "init": "random", "loss_on": "all", "eval_prompts": 40, "eval_tokens": 256, "k": 5,
+             "ngram": True},
 }
 TARGET = "smollm2-135m-instruct"
 
@@ -50,7 +54,7 @@ def train_config(out: Path, b: dict) -> dict:
             "data": {"stores": [str(out / "store")], "eval_fraction": 0.05, "max_length": 1024, "seed": 0},
             "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": 8192,
                       "init": b["init"], "num_speculative_tokens": b["k"]},
-            "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "uniform"},
+            "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "uniform", "tokens": b["loss_on"]},
             "optim": {"lr": b["lr"], "warmup_steps": b["warmup"]},
             "train": {"max_steps": b["steps"], "micro_batch_tokens": b["tokens"],
                       "eval_every": max(b["steps"] // 4, 1), "save_every": max(b["steps"] // 4, 1)},

@@ -63,7 +63,8 @@ def smollm2_trained(smollm2_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
     sets = [f"data.stores=[{smollm2_store}]", f"output.dir={out}", "train.max_steps=40",
             "train.eval_every=40", "train.save_every=40", "train.micro_batch_tokens=2048",
-            "optim.warmup_steps=5", "optim.lr=1e-3", "draft.init=target-last-layer", "data.eval_fraction=0.1", "logging.tensorboard=false"]
+            "optim.warmup_steps=5", "optim.lr=1e-3", "data.eval_fraction=0.1", "logging.tensorboard=false",
+            "draft.init=target-last-layer"]  # it leads random init in short runs (see quickstart.py)
     args = ["train", root / "configs" / "train" / "smollm2-eagle3-1layer.yaml"]
     for s in sets:
         args += ["--set", s]

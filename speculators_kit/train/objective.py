@@ -77,13 +77,13 @@ class DraftTrainModule(nn.Module):
             n = ids.shape[1] - 1 - j  # positions whose step-j prediction exists
             draft_logp = F.log_softmax(logits[:, :n].float(), dim=-1)
             tgt = target_logp[:, 1 + j: 1 + j + n]
-            mask = (dist & valid)[:, 1 + j: 1 + j + n]
+            real = valid[:, 1 + j: 1 + j + n]
+            if doc is not None:  # a packed chain must not run into the next sample
+                real = real & (doc[:, :n] == doc[:, 1 + j: 1 + j + n])
+            mask = real & dist[:, 1 + j: 1 + j + n]
             # Training on every token also fits the prompts' distributions (the target wrote
             # them too, or they are context it reads); evaluation always scores answers.
-            trained = valid[:, 1 + j: 1 + j + n] if self.all_tokens and self.training else mask
-            if doc is not None:  # a packed chain must not run into the next sample
-                same = doc[:, :n] == doc[:, 1 + j: 1 + j + n]
-                mask, trained = mask & same, trained & same
+            trained = real if self.all_tokens and self.training else mask
             if j < self.steps:
                 loss = self._loss(draft_logp, tgt)
                 total = total + self.weights[j] * (loss * trained).sum() / trained.sum().clamp(min=1)

@@ -1,10 +1,11 @@
 """What one speculative step costs, in target steps, and what early exit buys (vLLM CPU, batch 1).
 
-    python benchmarks/proposer.py --draft runs/quickstart/train/draft [--prompts 8] [--tokens 128] [--repeats 2]
+    python benchmarks/proposer.py --draft runs/quickstart/train/draft [--prompt-set gsm8k|mt-bench]
+        [--prompts 8] [--tokens 128] [--repeats 2] [--thresholds 0.3 0.6] [--no-stock] [--results proposer]
 
-Runs, side by side on the same GSM8K-test prompts, greedy: target-only; vLLM's own EAGLE
-proposer (SPECKIT_PLUGIN_PROPOSER=0) at k=5; ours at k=5 (argmax over the draft's own
-vocabulary); ours at k=5 with early exit at two thresholds. Per run:
+Runs, side by side on the same prompts (GSM8K test by default), greedy: target-only; vLLM's own
+EAGLE proposer (SPECKIT_PLUGIN_PROPOSER=0) at k=5 (left out with --no-stock); ours at k=5
+(argmax over the draft's own vocabulary); ours at k=5 with early exit at each threshold. Per run:
 - step / target: wall time of one engine step (draft + verify) over one target-only decode step;
 - draft / target: time inside the proposer per step (ours only: it times itself);
 - tokens / step: tokens per verification step, counting steps whose draft early exit cut to
@@ -12,7 +13,7 @@ vocabulary); ours at k=5 with early exit at two thresholds. Per run:
 - verify / target: the rest of the step (target forward over 1+k tokens, sampling, scheduling).
 Each repeat re-runs target-only and every configuration in turn (interleaved: drift on this
 noisy machine hits all alike); the table gives medians over repeats of each repeat's ratios.
-Writes benchmarks/results/proposer.{json,md}.
+Writes benchmarks/results/RESULTS.{json,md} (--results, default `proposer`).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from common import write
 from speculators_kit.eval.run import evaluate
 from speculators_kit.target.embedded import resolve_target
 
-RUNS = [  # name, k, our proposer?, proposer settings
-    ("vLLM proposer", 5, False, None),
-    ("ours", 5, True, None),
-    ("ours, early exit 0.3", 5, True, {"early_exit_threshold": 0.3}),
-    ("ours, early exit 0.6", 5, True, {"early_exit_threshold": 0.6}),
-]
+
+def runs(args) -> list[tuple]:
+    """(name, k, our proposer?, proposer settings) for every speculative run."""
+    out = [("vLLM proposer", args.k, False, None)] if args.stock else []
+    out.append(("ours", args.k, True, None))
+    return out + [(f"ours, early exit {t:g}", args.k, True, {"early_exit_threshold": t}) for t in args.thresholds]
 
 
 def run_one(target, draft, out: Path, base: Path, k, ours, proposer, args) -> dict:
@@ -44,7 +45,7 @@ def run_one(target, draft, out: Path, base: Path, k, ours, proposer, args) -> di
     shutil.copy(base / "runs" / "target_only.json", out / "runs" / "target_only.json")
     os.environ["SPECKIT_PLUGIN_PROPOSER"] = "1" if ours else "0"
     try:
-        s = evaluate(target, draft, "gsm8k", out, args.prompts, k=k, max_new_tokens=args.tokens,
+        s = evaluate(target, draft, args.prompt_set, out, args.prompts, k=k, max_new_tokens=args.tokens,
                      log=print, proposer=proposer)
     finally:
         os.environ.pop("SPECKIT_PLUGIN_PROPOSER")
@@ -83,7 +84,12 @@ def median_rows(repeats: list[list[dict]]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--draft", required=True, help="a trained EAGLE-3 draft for SmolLM2 (speckit quickstart)")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompt-set", default="gsm8k", help="gsm8k | mt-bench | humaneval | PATH.jsonl")
+    ap.add_argument("--prompts", type=int, default=8, help="how many prompts of the set")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--thresholds", type=float, nargs="*", default=[0.3, 0.6], help="early-exit thresholds")
+    ap.add_argument("--no-stock", dest="stock", action="store_false", help="leave out vLLM's own proposer")
+    ap.add_argument("--results", default="proposer", help="name of the results files")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
@@ -92,18 +98,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             base = Path(tmp) / f"base{r}"
-            summary = evaluate(target, None, "gsm8k", base, args.prompts, max_new_tokens=args.tokens, log=print)
+            summary = evaluate(target, None, args.prompt_set, base, args.prompts, max_new_tokens=args.tokens, log=print)
             rows = [{"run": "target only", "tok/s": summary["tokens_per_s_target_only"], "step / target": 1.0}]
-            for i, (name, k, ours, proposer) in enumerate(RUNS):
+            for i, (name, k, ours, proposer) in enumerate(runs(args)):
                 rows.append({"run": name, **run_one(target, args.draft, Path(tmp) / f"run{r}-{i}", base, k, ours,
                                                     proposer, args)})
             repeats.append(rows)
     rows = median_rows(repeats)
     meta = {"repeats": args.repeats, "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
-            "prompts": f"gsm8k test x{args.prompts}",
+            "prompts": f"{args.prompt_set} x{args.prompts}",
             "max_new_tokens": args.tokens, "batch": 1, "draft": args.draft, "date": summary["date"],
             "versions": summary["versions"]}
-    write("proposer", rows, ["run", "k", "tau", "tokens / step", "draft tokens", "tok/s", "speedup", "identical",
+    write(args.results, rows, ["run", "k", "tau", "tokens / step", "draft tokens", "tok/s", "speedup", "identical",
                              "step / target", "draft / target", "verify / target", "draft passes / step"], meta)
 
 

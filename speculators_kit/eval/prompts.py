@@ -74,7 +74,7 @@ def _gsm8k_rows() -> list[dict]:
                   here.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
     for c in candidates:
         if c and Path(c).is_file():
-            return [json.loads(line) for line in open(c) if line.strip()]
+            return [row for _, row in _read_jsonl(c)]
     try:
         import datasets
 
@@ -84,22 +84,40 @@ def _gsm8k_rows() -> list[dict]:
                            "test.jsonl (fields question/answer) or pass --prompts PATH.jsonl") from err
 
 
+def _read_jsonl(path) -> list[tuple[int, dict]]:
+    """(line number, row) for every non-blank line; a line that is not a JSON object is an error
+    naming the file and line."""
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SpecKitError(f"{path}:{n} is not valid JSON ({err.msg}); "
+                                   f"every line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise SpecKitError(f"{path}:{n} is a JSON {type(row).__name__}, not an object")
+            rows.append((n, row))
+    return rows
+
+
 def _jsonl_prompts(path: Path) -> list[Prompt]:
     if not path.is_file():
         raise SpecKitError(f"--prompts {path}: not a known set (mt-bench, humaneval, gsm8k) and "
                            f"not an existing JSONL file")
     out = []
-    for n, line in enumerate(open(path), 1):
-        if not line.strip():
-            continue
-        r = json.loads(line)
+    for n, r in _read_jsonl(path):
         if "turns" in r:
-            turns = list(r["turns"])
+            turns = r["turns"]
         elif "messages" in r:
-            turns = [m["content"] for m in r["messages"] if m.get("role") == "user"]
+            turns = [m.get("content") for m in r["messages"] if isinstance(m, dict) and m.get("role") == "user"]
         elif "prompt" in r:
             turns = [r["prompt"]]
         else:
             raise SpecKitError(f"{path}:{n} has none of the fields prompt, turns, messages")
-        out.append(Prompt(str(r.get("category", path.stem)), turns))
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
+            raise SpecKitError(f"{path}:{n}: needs at least one user turn, each a non-empty string")
+        out.append(Prompt(str(r.get("category", path.stem)), list(turns)))
     return out

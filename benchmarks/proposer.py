@@ -37,7 +37,8 @@ def runs(args) -> list[tuple]:
     """(name, k, our proposer?, proposer settings) for every speculative run."""
     out = [("vLLM proposer", args.k, False, None)] if args.stock else []
     out.append(("ours", args.k, True, None))
-    return out + [(f"ours, early exit {t:g}", args.k, True, {"early_exit_threshold": t}) for t in args.thresholds]
+    return out + [(f"ours, early exit {t:g}", args.k, True, {"early_exit_threshold": t})
+                  for t in args.thresholds]
 
 
 def run_one(target, draft, out: Path, base: Path, k, ours, proposer, args) -> dict:
@@ -98,7 +99,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             base = Path(tmp) / f"base{r}"
-            summary = evaluate(target, None, args.prompt_set, base, args.prompts, max_new_tokens=args.tokens, log=print)
+            summary = evaluate(target, None, args.prompt_set, base, args.prompts, max_new_tokens=args.tokens,
+                               log=print)
             rows = [{"run": "target only", "tok/s": summary["tokens_per_s_target_only"], "step / target": 1.0}]
             for i, (name, k, ours, proposer) in enumerate(runs(args)):
                 rows.append({"run": name, **run_one(target, args.draft, Path(tmp) / f"run{r}-{i}", base, k, ours,
@@ -109,8 +111,9 @@ def main() -> None:
             "prompts": f"{args.prompt_set} x{args.prompts}",
             "max_new_tokens": args.tokens, "batch": 1, "draft": args.draft, "date": summary["date"],
             "versions": summary["versions"]}
-    write(args.results, rows, ["run", "k", "tau", "tokens / step", "draft tokens", "tok/s", "speedup", "identical",
-                             "step / target", "draft / target", "verify / target", "draft passes / step"], meta)
+    columns = ["run", "k", "tau", "tokens / step", "draft tokens", "tok/s", "speedup", "identical",
+               "step / target", "draft / target", "verify / target", "draft passes / step"]
+    write(args.results, rows, columns, meta)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,8 @@ def _jsonl_prompts(path: Path) -> list[Prompt]:
         if "turns" in r:
             turns = r["turns"]
         elif "messages" in r:
-            turns = [m.get("content") for m in r["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+            messages = r["messages"] if isinstance(r["messages"], list) else []
+            turns = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         elif "prompt" in r:
             turns = [r["prompt"]]
         else:

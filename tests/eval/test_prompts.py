@@ -32,6 +32,7 @@ def test_jsonl_fields_turns_messages_prompt(tmp_path):
     ('{"turns": []}', "mine.jsonl:2: needs at least one user turn"),
     ('{"turns": "a"}', "mine.jsonl:2: needs at least one user turn"),
     ('{"messages": [{"role": "assistant", "content": "a"}]}', "mine.jsonl:2: needs at least one user turn"),
+    ('{"messages": 3}', "mine.jsonl:2: needs at least one user turn"),
 ])
 def test_jsonl_bad_line_names_file_and_line(tmp_path, line, says):
     path = write_lines(tmp_path / "mine.jsonl", [json.dumps({"prompt": "ok"}), line])

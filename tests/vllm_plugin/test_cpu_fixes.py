@@ -20,8 +20,12 @@ def test_vllms_own_fallback_loses_float_results_and_install_replaces_it():
     """If this first assertion fails, vLLM fixed its fallback and cpu_fixes can go."""
     import importlib
 
-    import vllm._C  # noqa: F401  (the C++ ops)
+    from vllm.platforms.cpu import CpuPlatform
     from vllm.utils import cpu_triton_utils
+
+    # vLLM's C++ ops, built for this CPU: a bare `import vllm._C` is the AVX-512 build and dies
+    # with an illegal instruction on an AVX2-only machine
+    CpuPlatform.import_kernels()
 
     original = importlib.reload(cpu_triton_utils)._expand_kernel_impl  # vLLM's own, unpatched
     out = torch.zeros(4)

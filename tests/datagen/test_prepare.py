@@ -8,6 +8,7 @@ from speculators_kit.core.errors import SpecKitError
 from speculators_kit.datagen.prepare import (
     load_tokenizer,
     prepare,
+    read_records,
     render_with_mask,
     user_prefix_ids,
 )
@@ -89,3 +90,14 @@ def test_prompt_format_names_the_missing_field(tok):
 
 def test_magpie_prefix_is_the_user_turn_opening(tok):
     assert tok.decode(user_prefix_ids(tok)) == "<|im_start|>user\n"
+
+
+@pytest.mark.parametrize("bad, says", [("{\"prompt\": ", "d.jsonl:2 is not valid JSON"),
+                                       ("[1, 2]", "d.jsonl:2 is a JSON list, not an object")])
+def test_jsonl_source_names_the_bad_line(tmp_path, bad, says):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "ok"}\n' + bad + "\n\n")
+    with pytest.raises(SpecKitError, match=says):
+        read_records(data(source="jsonl", path=str(tmp_path / "d.jsonl")), tmp_path)
+    (tmp_path / "d.jsonl").write_text('{"prompt": "ok"}\n\n{"prompt": "too"}\n')
+    assert read_records(data(source="jsonl", path=str(tmp_path / "d.jsonl")), tmp_path) == [
+        {"prompt": "ok"}, {"prompt": "too"}]

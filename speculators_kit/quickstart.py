@@ -60,7 +60,7 @@ def train_config(out: Path, b: dict) -> dict:
             "optim": {"lr": b["lr"], "warmup_steps": b["warmup"]},
             "train": {"max_steps": b["steps"], "micro_batch_tokens": b["tokens"],
                       "eval_every": max(b["steps"] // 4, 1), "save_every": max(b["steps"] // 4, 1)},
-            "deepspeed": {"zero_stage": 2}, "precision": "bf16", "output": {"dir": str(out / "train")},
+            "deepspeed": {"zero_stage": 2}, "precision": "auto", "output": {"dir": str(out / "train")},
             "logging": {"tensorboard": True}}
 
 

@@ -250,7 +250,9 @@ class TrainConfig(Strict):
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainLoop = Field(default_factory=TrainLoop)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
-    precision: Literal["bf16", "fp32"] = "bf16"
+    # auto: bf16 where the hardware computes it natively (CUDA, AVX512-BF16/AMX CPUs), else fp32;
+    # an AVX2-only CPU emulates bf16 matmuls and trains ~20x slower in bf16 than in fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     output: TrainOutput
     logging: LoggingSection = Field(default_factory=LoggingSection)
 

@@ -28,6 +28,26 @@ def ds_config(cfg, world_size: int) -> dict:
     }
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 matmuls in hardware rather than emulating them."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(precision: str) -> tuple[str, str]:
+    """The precision to train in, and a console note when the choice costs speed.
+
+    Measured on a 2-core AVX2-only EPYC: a SmolLM2 1-layer EAGLE-3 step of 2048 tokens took
+    136 s in bf16 and 6.7 s in fp32, so `auto` picks fp32 there."""
+    if precision == "auto":
+        return ("bf16" if native_bf16() else "fp32"), ""
+    if precision == "bf16" and not native_bf16():
+        return "bf16", (" (this CPU has no native bf16, so bf16 matmuls are emulated and training runs"
+                        " ~20x slower than precision: fp32 or auto)")
+    return precision, ""
+
+
 def init_distributed() -> tuple[int, int]:
     """Rank and world size; a lone process gets a one-member gloo group without a launcher."""
     import deepspeed

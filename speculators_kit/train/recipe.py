@@ -44,9 +44,10 @@ class Run:
 def setup(cfg, resume: bool) -> Run:
     from speculators_kit.core.fingerprint import target_fingerprint
     from speculators_kit.target.embedded import resolve_target
-    from speculators_kit.train.ds import init_distributed
+    from speculators_kit.train.ds import init_distributed, resolve_precision
     from speculators_kit.train.heads import build_head
 
+    cfg.precision, precision_note = resolve_precision(cfg.precision)  # resumes and provenance see it
     target = resolve_target(cfg.target.path)
     fingerprint = target_fingerprint(target)
     readers = data.open_stores(cfg.data.stores, fingerprint, None)
@@ -71,7 +72,7 @@ def setup(cfg, resume: bool) -> Run:
     if rank == 0:
         run.log = _Logger(out, cfg, keep_until=run.step if ckpt else 0)
         run.log.console(f"train: {data.describe(manifest, train_refs, held_refs)}; {world} process(es), "
-                        f"ZeRO {cfg.deepspeed.zero_stage}, {cfg.precision}{_threads_note(world)}"
+                        f"ZeRO {cfg.deepspeed.zero_stage}, {cfg.precision}{precision_note}{_threads_note(world)}"
                         + (f"; resuming at step {run.step} from {ckpt}" if ckpt else ""))
     return run
 

@@ -23,7 +23,7 @@ def fails(capsys, cfg, tmp_path, expected):
     ({"deepspeed": {"zero_stage": 4}}, r"deepspeed.zero_stage: Input should be less than or equal to 2"),
     ({"deepspeed": {"zero_stage": 1, "train_batch_size": 8}}, r"deepspeed.train_batch_size is derived"),
     ({"deepspeed": {"zero_optimization": {"stage": 3}}}, r"zero_optimization.stage is set by deepspeed.zero_stage"),
-    ({"precision": "fp16"}, r"precision: Input should be 'bf16' or 'fp32'"),
+    ({"precision": "fp16"}, r"precision: Input should be 'auto', 'bf16' or 'fp32'"),
     ({"draft": {"draft_vocab_size": 300}}, r"draft_vocab_size 300 is larger than the target vocab 256"),
     ({"loss": {"ttt_steps": 2, "step_weights": [1.0]}}, r"step_weights has 1 entries for ttt_steps 2"),
     ({"draft": {"arch": "eagle", "draft_vocab_size": None, "moe": {"experts": 2}}}, r"MoE draft layers .* need draft.arch eagle3"),

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import yaml
 
+from speculators_kit.train.ds import native_bf16
 from tests.train.conftest import losses, speckit
 
 pytestmark = pytest.mark.slow
@@ -87,6 +88,21 @@ def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_pat
     answered = set(StoreReader(tiny_store).token_freq().nonzero().flatten().tolist())
     assert answered <= kept and 2 in kept  # every answer token, and the end-of-turn token
     assert head.config.speculators_kit.provenance["config"]["precision"] == "bf16"
+    assert ("emulated" in result.stderr) != native_bf16()  # forced bf16 on an AVX2 CPU is flagged
+
+
+def test_auto_precision_trains_in_what_the_hardware_computes(train_config, tmp_path, tiny_llama):
+    from speculators_kit.core.format import load_draft
+
+    cfg = train_config(precision="auto", train={"max_steps": 2})
+    result = speckit("train", cfg)
+    assert result.returncode == 0, result.stderr[-3000:]
+    chosen = "bf16" if native_bf16() else "fp32"
+    assert f"ZeRO 2, {chosen}" in result.stderr and "emulated" not in result.stderr
+    draft = load_draft(tmp_path / "run" / "draft", target_dir=tiny_llama)
+    assert draft.config.speculators_kit.provenance["config"]["precision"] == chosen
+    resumed = speckit("train", cfg, "--resume", "--set", "train.max_steps=3")  # auto resumes auto
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
 
 
 def test_eagle1_and_hass_train(train_config, tmp_path, tiny_llama):

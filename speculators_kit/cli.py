@@ -250,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="datagen -> train -> eval on the embedded SmolLM2 target")
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--budget", choices=["small", "full"], default="small",
-                   help="small: <= 30 min on 2 CPU cores; full (~2.5-3 h, 2 h of it datagen): "
-                        "the README's published numbers")
+                   help="small: 16 min on 2 AVX-512 cores, 48 min on 2 AVX2-only ones; full (~4 h on "
+                        "2 AVX2-only cores): the README's published numbers")
     p.add_argument("--gsm8k", default=None, help="GSM8K train JSONL to use instead of self-made chats")
     p.set_defaults(func=cmd_quickstart)
 

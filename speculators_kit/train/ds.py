@@ -43,7 +43,7 @@ def resolve_precision(precision: str) -> tuple[str, str]:
     if precision == "auto":
         return ("bf16" if native_bf16() else "fp32"), ""
     if precision == "bf16" and not native_bf16():
-        return "bf16", (" (this CPU has no native bf16, so bf16 matmuls are emulated and training runs"
+        return "bf16", (" (this machine has no native bf16, so bf16 matmuls are emulated and training runs"
                         " ~20x slower than precision: fp32 or auto)")
     return precision, ""
 

@@ -167,7 +167,7 @@ class DraftHead(nn.Module):
 
     # ---- training (teacher forced, training-time test) --------------------------------------
     def forward_train(self, input_ids, target_hidden, ttt_steps: int = 1, attention_mask=None,
-                      positions=None, doc_ids=None):
+                      positions=None, doc_ids=None, logits: bool = True):
         """Unrolled training forward.
 
         input_ids [B, T]: x[t+1] aligned with target_hidden[:, t]; target_hidden [B, T, fc_in].
@@ -177,7 +177,9 @@ class DraftHead(nn.Module):
         chain started at t sees at inference. attention_mask [B, T] masks padding keys.
         Packed rows: doc_ids [B, T] (-1: padding; replaces attention_mask) keep each sample's
         queries to its own keys and positions [B, T] restart RoPE at each sample.
-        Returns a list of ttt_steps logits tensors [B, T, Vd].
+        Returns a list of ttt_steps logits tensors [B, T, Vd], or with logits=False the hidden
+        states [B, T, H] they come from (a caller that scores a subset of positions projects
+        only those: the lm_head is the largest matmul of a training step).
         """
         bsz, seq = input_ids.shape
         base_pos = positions
@@ -210,7 +212,7 @@ class DraftHead(nn.Module):
                 return attend
 
             logit_hidden, hidden = self._decode(ids, hidden, base_pos + step, attend_for)
-            outputs.append(self.compute_logits(logit_hidden))
+            outputs.append(self.compute_logits(logit_hidden) if logits else logit_hidden)
         return outputs
 
 

@@ -65,6 +65,21 @@ def naive_loss(module, model, batch, kind, steps, weights, draft_ids, all_tokens
     return total / sum(weights)
 
 
+@torch.no_grad()
+def naive_stats(module, model, batch, steps, draft_ids):
+    """Greedy matches at every position against the full-vocabulary target, then chain counts."""
+    ids, valid, answer = batch["token_ids"], batch["valid"], batch["dist_mask"]
+    outputs = module.head.forward_train(ids[:, 1:], batch["hidden"][..., :-1, :].flatten(-2)[:, :-1], steps,
+                                        attention_mask=valid[:, 1:])
+    target = model.lm_head(model.model.norm(batch["hidden"][..., -1, :]))[..., draft_ids]
+    matches, masks = [], []
+    for j, logits in enumerate(outputs):
+        n = ids.shape[1] - 1 - j
+        matches.append(logits[:, :n].argmax(-1) == target[:, 1 + j: 1 + j + n].argmax(-1))
+        masks.append(valid[:, 1 + j: 1 + j + n] & answer[:, 1 + j: 1 + j + n])
+    return chain_stats(matches, masks)
+
+
 @pytest.mark.parametrize("kind,tokens", [("kl", "answer"), ("ce", "answer"), ("tv", "answer"), ("kl", "all")])
 def test_ttt_loss_matches_naive_reference(tiny_llama, kind, tokens):
     cfg = draft_config_for_target(tiny_llama, "eagle3", 1, 96, [1, 2], 3)
@@ -76,22 +91,28 @@ def test_ttt_loss_matches_naive_reference(tiny_llama, kind, tokens):
     module = DraftTrainModule(head, Path(tiny_llama), loss_cfg)
     batch, model = batch_for(tiny_llama, [12, 9], answer_from=4, layer_ids=[1, 2, 4])
     loss, stats = module(batch)
+    assert stats is None  # training computes no acceptance statistics
     with torch.no_grad():
-        expected = naive_loss(module, model, batch, kind, 2, [1.0, 0.8], draft_ids, tokens == "all")
         answers = naive_loss(module, model, batch, kind, 2, [1.0, 0.8], draft_ids)
+    expected = naive_loss(module, model, batch, kind, 2, [1.0, 0.8], draft_ids, tokens == "all")
     assert torch.allclose(loss, expected.float(), rtol=1e-4, atol=1e-6), (loss, expected)
-    if tokens == "all":  # the prompts count in training; evaluation scores the answers only
-        assert not torch.allclose(expected, answers, rtol=1e-3)
-        module.eval()
-        assert torch.allclose(module(batch)[0], answers.float(), rtol=1e-4, atol=1e-6)
-        module.train()
-    assert stats[-1] == batch["dist_mask"][:, 1:].sum()  # every trained step-0 position counted
+    # The same gradients as autograd through the reference (the KL has its own backward).
+    expected.backward()
+    reference_grad = head.fc.weight.grad.clone()
+    head.zero_grad()
     loss.backward()  # and the loss trains the head, not the frozen embedding and lm_head
-    assert head.fc.weight.grad is not None and head.embed_tokens.weight.grad is None
-    assert head.lm_head.weight.grad is None
+    assert torch.allclose(head.fc.weight.grad, reference_grad, rtol=1e-3, atol=1e-7)
+    assert head.embed_tokens.weight.grad is None and head.lm_head.weight.grad is None
+    module.eval()  # evaluation scores the answers only, and counts accepted chains
+    eval_loss, stats = module(batch)
+    assert torch.allclose(eval_loss, answers.float(), rtol=1e-4, atol=1e-6)
+    if tokens == "all":  # the prompts count in training
+        assert not torch.allclose(expected, answers, rtol=1e-3)
+    assert stats[-1] == batch["dist_mask"][:, 1:].sum()  # every trained step-0 position counted
+    assert torch.equal(stats, naive_stats(module, model, batch, 2, draft_ids))
     # Held-out chains as long as serving drafts: more steps in the stats, the same loss.
     longer_loss, longer = module(batch, chain=4)
-    assert torch.allclose(longer_loss, loss) and len(longer) == 4 + 2 and longer[-1] == stats[-1]
+    assert torch.allclose(longer_loss, eval_loss) and len(longer) == 4 + 2 and longer[-1] == stats[-1]
     assert longer[0] < stats[0]  # fewer positions have all 4 steps inside the sequence
 
 

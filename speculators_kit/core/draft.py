@@ -167,7 +167,7 @@ class DraftHead(nn.Module):
 
     # ---- training (teacher forced, training-time test) --------------------------------------
     def forward_train(self, input_ids, target_hidden, ttt_steps: int = 1, attention_mask=None,
-                      positions=None, doc_ids=None, logits: bool = True):
+                      positions=None, doc_ids=None, logits: bool = True, rows=None):
         """Unrolled training forward.
 
         input_ids [B, T]: x[t+1] aligned with target_hidden[:, t]; target_hidden [B, T, fc_in].
@@ -180,6 +180,9 @@ class DraftHead(nn.Module):
         Returns a list of ttt_steps logits tensors [B, T, Vd], or with logits=False the hidden
         states [B, T, H] they come from (a caller that scores a subset of positions projects
         only those: the lm_head is the largest matmul of a training step).
+        rows: per step, None or the [B, T] bool positions whose outputs the caller reads; a
+        step > 0 then runs its layers on those only (zeros elsewhere). Step 0 runs everywhere:
+        its keys serve every query. A step's rows must hold the next step's (they feed them).
         """
         bsz, seq = input_ids.shape
         base_pos = positions
@@ -196,24 +199,51 @@ class DraftHead(nn.Module):
         diag_kv: list = [[] for _ in self.layers]
         hidden = self.fuse(target_hidden)
         outputs = []
+        keeps = _step_rows(rows, ttt_steps)
         for step in range(ttt_steps):
             ids = input_ids if step == 0 else torch.nn.functional.pad(input_ids[:, step:], (0, step))
+            keep = keeps[step]
 
-            def attend_for(i, step=step):
+            def attend_for(i, step=step, keep=keep):
                 def attend(attn, q, k, v):
+                    if keep is not None:  # the attention runs full size: keys at every position
+                        q, k, v = (_from_rows(x.transpose(1, 2), keep).transpose(1, 2) for x in (q, k, v))
                     if step == 0:
                         step0_kv.append((k, v))
                     else:
                         diag_kv[i].append((k, v))
                     k0, v0 = step0_kv[i]
                     if segments is not None:
-                        return attn.attend_segments(q, k0, v0, segments, diag_kv=diag_kv[i])
-                    return attn.attend(q, k0, v0, causal, diag_kv=diag_kv[i])
+                        out = attn.attend_segments(q, k0, v0, segments, diag_kv=diag_kv[i])
+                    else:
+                        out = attn.attend(q, k0, v0, causal, diag_kv=diag_kv[i])
+                    return out if keep is None else out[keep][None]
                 return attend
 
-            logit_hidden, hidden = self._decode(ids, hidden, base_pos + step, attend_for)
+            if keep is None:
+                logit_hidden, hidden = self._decode(ids, hidden, base_pos + step, attend_for)
+            else:  # [1, N] rows through the projections and MLPs, which cost the most
+                logit_hidden, hidden = (_from_rows(x, keep) for x in self._decode(
+                    ids[keep][None], hidden[keep][None], (base_pos + step)[keep][None], attend_for))
             outputs.append(self.compute_logits(logit_hidden) if logits else logit_hidden)
         return outputs
+
+
+def _step_rows(rows, steps: int) -> list:
+    """Per step the [B, T] rows to compute (None: all); checks each holds the next step's."""
+    keeps = [None] * steps if rows is None else [None, *rows[1:steps]]
+    for step in range(1, steps - 1):
+        now, later = keeps[step], keeps[step + 1]
+        if now is not None and (later is None or (later & ~now).any()):
+            raise ValueError(f"forward_train rows: step {step + 1}'s rows must be a subset of step {step}'s")
+    return keeps
+
+
+def _from_rows(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """[1, N, ...] values of the N True positions of keep [B, T] -> [B, T, ...], zeros elsewhere."""
+    full = x.new_zeros(*keep.shape, *x.shape[2:])
+    full[keep] = x[0]
+    return full
 
 
 def document_runs(doc_ids: torch.Tensor) -> list[list[tuple[int, int]]]:

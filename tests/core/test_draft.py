@@ -104,6 +104,37 @@ def test_document_ids_keep_packed_samples_apart(tiny_targets):
     assert torch.isfinite(packed[1][0, 9:]).all()  # padding rows stay finite
 
 
+@pytest.mark.parametrize("kind,arch,packed", [("qwen3", "eagle3", False), ("qwen3", "eagle3", True),
+                                               ("llama", "eagle", True)])
+def test_later_steps_on_chosen_rows_equal_the_full_unroll(tiny_targets, kind, arch, packed):
+    """Steps > 0 run on the rows a caller reads (training skips prompt positions): there the
+    outputs and the gradients are those of the full unroll; elsewhere zeros."""
+    head = build(tiny_targets, kind, arch, 2, None)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (2, 12), generator=g)
+    feats = torch.randn(2, 12, head.config.feature_size, generator=g)
+    kw = {"attention_mask": torch.ones(2, 12)}
+    if packed:
+        kw = {"doc_ids": torch.tensor([[0] * 5 + [1] * 4 + [-1] * 3, [0] * 12]),
+              "positions": torch.tensor([list(range(5)) + list(range(4)) + [0] * 3, list(range(12))])}
+    step1 = torch.rand(2, 12, generator=g) < 0.6
+    step2 = step1 & (torch.rand(2, 12, generator=g) < 0.6)
+    full = head.forward_train(ids, feats, 3, **kw)
+    some = head.forward_train(ids, feats, 3, rows=[None, step1, step2], **kw)
+    torch.testing.assert_close(some[0], full[0])
+    for j, keep in ((1, step1), (2, step2)):
+        torch.testing.assert_close(some[j][keep], full[j][keep], atol=2e-5, rtol=1e-4)
+        assert (some[j][~keep] == 0).all()
+    grads = []
+    for out in (full, some):
+        head.zero_grad()
+        sum(o[keep].square().sum() for o, keep in zip(out[1:], (step1, step2))).backward()
+        grads.append(head.layers[0].mlp.down_proj.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="subset"):  # a step's rows feed the next step's
+        head.forward_train(ids, feats, 3, rows=[None, step2, step1], **kw)
+
+
 def test_reduced_vocab_maps_back_to_target_ids(tiny_targets):
     head = build(tiny_targets, "llama", "eagle3", 1, None, vocab=32)
     with torch.no_grad():

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import yaml
 
-# small: 16 min on a 2-core AVX-512 CPU, 48 min on a 2-core AVX2-only one (2026-11-27: 18 datagen,
-# 25 training at 3.7 s/step in fp32, 5 eval): 600 samples, 400 steps; 240 and 150 gave a draft
+# small: 16 min on a 2-core AVX-512 CPU, 40 min on a 2-core AVX2-only one (2026-11-27: 16 datagen,
+# 18.5 training at ~2.6 s/step in fp32, 5 eval): 600 samples, 400 steps; 240 and 150 gave a draft
 # that slowed decoding to 0.79x. full: the README's published numbers, ~4 h on the AVX2-only CPU
 # (17 min for the 3000 questions, then ~4 min per 120 answered and captured conversations, ~2 h
-# of datagen; 1500 steps at ~3.7 s, ~1.5 h of training; ~32 min of eval):
+# of datagen; 1500 steps at ~3.2 s, ~1.3 h of training; ~32 min of eval):
 # 5x the samples at twice the answer length, 3.75x the training steps, MT-bench at k=5 with the
 # ngram baseline. Data, not steps, is what limits the draft here: with 1200 samples, 7 passes over
 # the store drove the training loss to 0.8 while the held-out loss stayed at 2.1, so the budget

@@ -75,16 +75,11 @@ class DraftTrainModule(nn.Module):
         masks = [self._masks(j, ids.shape[1] - 1 - j, valid, dist, doc) for j in range(chain)]
         # Only the scored positions go through the lm_heads and the [.., Vd] loss, and through
         # the layers of steps > 0: with the loss on answers that skips the prompts (~40% of the
-        # `--budget small` store's tokens). A step's rows also feed the next step's.
-        rows = [F.pad(trained, (0, j)) for j, (trained, _) in enumerate(masks)]
-        for j in range(chain - 2, 0, -1):
-            rows[j] = rows[j] | rows[j + 1]
-        # Gathering rows costs ~5% of a step (all-token loss: 3.2 -> 3.4 s), so only sparse ones.
-        rows = [r if r.float().mean() < DENSE_ROWS else None for r in rows]
+        # `--budget small` store's tokens).
         outputs = self.head.forward_train(ids[:, 1:], feats[:, :-1], chain, attention_mask=valid[:, 1:],
                                           positions=None if pos is None else pos[:, :-1],
                                           doc_ids=None if doc is None else doc[:, :-1], logits=False,
-                                          rows=rows)
+                                          rows=layer_rows([trained for trained, _ in masks]))
         target_logp, where = self._target_logp(hidden[..., -1, :], [trained for trained, _ in masks])
         total, matches = 0.0, []
         for j, (out, (trained, mask)) in enumerate(zip(outputs, masks)):
@@ -140,6 +135,16 @@ class DraftTrainModule(nn.Module):
     def _balance(self):
         losses = [m.balance_loss for m in self.head.modules() if hasattr(m, "balance_loss")]
         return sum(losses) / len(losses) if losses else 0.0
+
+
+def layer_rows(trained: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """Per TTT step, the [B, T] positions whose layer outputs are read (None: run them all):
+    those it scores ([B, T - j] at step j) and those feeding a later step's."""
+    rows = [F.pad(t, (0, j)) for j, t in enumerate(trained)]
+    for j in range(len(rows) - 2, 0, -1):
+        rows[j] = rows[j] | rows[j + 1]
+    # Gathering rows costs ~5% of a step (all-token loss: 3.2 -> 3.4 s), so only sparse ones.
+    return [r if r.float().mean() < DENSE_ROWS else None for r in rows]
 
 
 class SoftTargetKL(torch.autograd.Function):

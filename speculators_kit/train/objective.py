@@ -65,28 +65,30 @@ class DraftTrainModule(nn.Module):
         ttt_steps) drafted tokens: [chains, accepted chains of length 1..chain, weighted positions]."""
         dtype = self.head.fc.weight.dtype  # the engine's compute dtype (bf16 or fp32)
         hidden = batch["hidden"].to(dtype)
-        if self.head.config.arch == "eagle3":
-            feats = hidden[..., :-1, :].flatten(-2)
-        else:
-            feats = self.normed(hidden[..., -1, :])
+        eagle3 = self.head.config.arch == "eagle3"
+        # EAGLE-1 reads the normed last layer, which is also what the target's lm_head reads
+        feats = hidden[..., :-1, :].flatten(-2) if eagle3 else self.normed(hidden[..., -1, :])
         ids, valid, dist = batch["token_ids"], batch["valid"], batch["dist_mask"]
         doc, pos = batch.get("doc"), batch.get("positions")
         chain = max(chain or self.steps, self.steps)
         masks = [self._masks(j, ids.shape[1] - 1 - j, valid, dist, doc) for j in range(chain)]
+        trained_rows = [trained for trained, _ in masks]
         # Only the scored positions go through the lm_heads and the [.., Vd] loss, and through
         # the layers of steps > 0: with the loss on answers that skips the prompts (~40% of the
         # `--budget small` store's tokens).
         outputs = self.head.forward_train(ids[:, 1:], feats[:, :-1], chain, attention_mask=valid[:, 1:],
                                           positions=None if pos is None else pos[:, :-1],
                                           doc_ids=None if doc is None else doc[:, :-1], logits=False,
-                                          rows=layer_rows([trained for trained, _ in masks]))
-        target_logp, where = self._target_logp(hidden[..., -1, :], [trained for trained, _ in masks])
+                                          rows=layer_rows(trained_rows))
+        target_p, plogp, where = self._target_probs(hidden[..., -1, :] if eagle3 else feats, trained_rows,
+                                                    normed=not eagle3)
         total, matches = 0.0, []
         for j, (out, (trained, mask)) in enumerate(zip(outputs, masks)):
             logits = self.head.compute_logits(out[:, : trained.shape[1]][trained]).float()
-            tgt = target_logp[where[j]]
+            tgt = target_p[where[j]]
             if j < self.steps:
-                total = total + self.weights[j] * self._loss(logits, tgt).sum() / trained.sum().clamp(min=1)
+                loss = self._loss(logits, tgt, plogp[where[j]])
+                total = total + self.weights[j] * loss.sum() / trained.sum().clamp(min=1)
             if not self.training:  # trained is mask here: every chain position has its match
                 match = torch.zeros_like(mask)
                 match[trained] = logits.argmax(-1) == tgt.argmax(-1)
@@ -105,9 +107,10 @@ class DraftTrainModule(nn.Module):
         return (real if self.all_tokens and self.training else mask), mask
 
     @torch.no_grad()
-    def _target_logp(self, last: torch.Tensor, rows: list[torch.Tensor]):
-        """The target's fp32 log-probs [N, Vd] at each position some step's rows predict, and per
-        step the index into them of each of its rows (positions overlap across steps)."""
+    def _target_probs(self, last: torch.Tensor, rows: list[torch.Tensor], normed: bool = False):
+        """The target's fp32 probabilities p [N, Vd] and sum(p log p) [N] at each position some
+        step's rows predict (once each: positions overlap across steps), and per step the index
+        into them of each of its rows. `last` is the pre-norm last layer, or normed already."""
         bsz, seq = last.shape[:2]
         need = torch.zeros(bsz, seq, dtype=torch.bool, device=last.device)
         for j, r in enumerate(rows):
@@ -115,22 +118,24 @@ class DraftTrainModule(nn.Module):
         flat = need.flatten().nonzero().squeeze(1)
         slot = torch.empty(bsz * seq, dtype=torch.long, device=last.device)
         slot[flat] = torch.arange(len(flat), device=last.device)
-        x = self.normed(last.flatten(0, 1)[flat])
+        x = last.flatten(0, 1)[flat]
+        x = x if normed else self.normed(x)
         logp = F.log_softmax(x @ self.target_lm_head.to(x.dtype).T, dim=-1, dtype=torch.float32)
+        p = logp.exp()
         where = []
         for j, r in enumerate(rows):
             b, t = r.nonzero(as_tuple=True)
             where.append(slot[b * seq + 1 + j + t])
-        return logp, where
+        return p, _row_dot(p, logp), where
 
-    def _loss(self, logits: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
-        """[N, Vd] fp32 draft logits and target log-probs -> [N] per-position losses."""
+    def _loss(self, logits: torch.Tensor, target_p: torch.Tensor, plogp: torch.Tensor) -> torch.Tensor:
+        """[N, Vd] fp32 draft logits, target probabilities, [N] their sum(p log p) -> [N] losses."""
         if self.kind == "kl":
-            return SoftTargetKL.apply(logits, target_logp)
+            return SoftTargetKL.apply(logits, target_p, plogp)
         draft_logp = F.log_softmax(logits, dim=-1)
         if self.kind == "ce":  # hard distillation: the target's greedy token
-            return -draft_logp.gather(-1, target_logp.argmax(-1, keepdim=True)).squeeze(-1)
-        return 0.5 * (draft_logp.exp() - target_logp.exp()).abs().sum(-1)
+            return -draft_logp.gather(-1, target_p.argmax(-1, keepdim=True)).squeeze(-1)
+        return 0.5 * (draft_logp.exp() - target_p).abs().sum(-1)
 
     def _balance(self):
         losses = [m.balance_loss for m in self.head.modules() if hasattr(m, "balance_loss")]
@@ -153,17 +158,17 @@ class SoftTargetKL(torch.autograd.Function):
     wrote [N, V] tensors, forward and backward: a third of an fp32 step on a 2-core CPU."""
 
     @staticmethod
-    def forward(ctx, logits, target_logp):
-        p = target_logp.exp()
+    def forward(ctx, logits, p, plogp):
+        """p: the target's probabilities; plogp: their sum(p log p), made once per target row."""
         lse = torch.logsumexp(logits, -1)
         ctx.save_for_backward(logits, p, lse)
-        return _row_dot(p, target_logp) - _row_dot(p, logits) + lse
+        return plogp - _row_dot(p, logits) + lse
 
     @staticmethod
     def backward(ctx, grad):
         logits, p, lse = ctx.saved_tensors
         g = (logits - lse.unsqueeze(-1)).exp_().sub_(p)
-        return g.mul_(grad.unsqueeze(-1)), None
+        return g.mul_(grad.unsqueeze(-1)), None, None
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

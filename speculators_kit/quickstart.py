@@ -13,9 +13,13 @@ from pathlib import Path
 
 import yaml
 
-# small: 16 min on a 2-core AVX-512 CPU, 40 min on a 2-core AVX2-only one (2026-11-27: 16 datagen,
-# 18.5 training at ~2.6 s/step in fp32, 5 eval): 600 samples, 400 steps; 240 and 150 gave a draft
-# that slowed decoding to 0.79x. full: the README's published numbers, ~4 h on the AVX2-only CPU
+# small: 12 min on a 2-core AVX-512 CPU (2026-12-01: 2.2 target and questions, 2.5 capture, 3.9
+# training in bf16, 3 eval), ~30 min estimated on a 2-core AVX2-only one from the stage rates
+# measured there with 600 samples and 400 steps (40 min: 11 capture, 18.5 training at ~2.6 s/step
+# in fp32, 5 eval). Held-out τ of that run stopped rising by step 300 (1.42/1.59/1.66/1.66 at
+# 100-400), so 450 samples and 240 steps lose little (held-out 1.64, MT-bench τ 1.30 vs 1.34);
+# 240 samples and 150 steps gave a draft that slowed decoding to 0.79x. full: the README's
+# published numbers, ~4 h on the AVX2-only CPU
 # (17 min for the 3000 questions, then ~4 min per 120 answered and captured conversations, ~2 h
 # of datagen; 1500 steps at ~3.2 s, ~1.3 h of training; ~32 min of eval):
 # 5x the samples at twice the answer length, 3.75x the training steps, MT-bench at k=5 with the
@@ -29,7 +33,7 @@ import yaml
 # distributions too raised the full budget's MT-bench τ 2.16 -> 2.22 (7 of 8 categories) at
 # equal held-out τ; the small budget keeps the answer-only loss its published numbers used.
 BUDGETS = {
-    "small": {"samples": 600, "new_tokens": 128, "steps": 400, "tokens": 2048, "warmup": 20,
+    "small": {"samples": 450, "new_tokens": 128, "steps": 240, "tokens": 2048, "warmup": 20,
               "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,
               "eval_tokens": 128, "k": 3, "ngram": False},
     "full": {"samples": 3000, "new_tokens": 256, "steps": 1500, "tokens": 2048, "warmup": 50,

@@ -154,6 +154,9 @@ class MoEMLP(nn.Module):
         self.gate = nn.Linear(hidden, spec.num_experts, bias=False)
         size = spec.intermediate_size or intermediate
         self.experts = nn.ModuleList(MLP(hidden, size) for _ in range(spec.num_experts))
+        # one balance term per training forward (every TTT step runs this layer); the trainer
+        # averages and clears them each batch
+        self.balance_terms: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -161,17 +164,20 @@ class MoEMLP(nn.Module):
         router = torch.softmax(self.gate(flat).float(), dim=-1)
         weights, chosen = router.topk(self.top_k, dim=-1)  # [N, k]
         weights = (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
-        # Switch-Transformer balance term (E * sum_e load_e * mean_prob_e; 1.0 when balanced),
-        # kept for the trainer; drafting ignores it.
-        load = torch.zeros_like(router[0]).index_add_(0, chosen.flatten(), torch.ones_like(
-            chosen.flatten(), dtype=router.dtype)) / chosen.numel()
-        self.balance_loss = len(self.experts) * (load * router.mean(0)).sum()
+        if self.training and torch.is_grad_enabled():  # never while drafting (no one clears them)
+            self.balance_terms.append(self._balance(router, chosen))
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows, slot = (chosen == e).nonzero(as_tuple=True)
             if rows.numel():
                 out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None])
         return out.view(shape)
+
+    def _balance(self, router: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Switch-Transformer balance term, E * sum_e load_e * mean_prob_e: 1.0 when balanced."""
+        load = torch.zeros_like(router[0]).index_add_(0, chosen.flatten(), torch.ones_like(
+            chosen.flatten(), dtype=router.dtype)) / chosen.numel()
+        return len(self.experts) * (load * router.mean(0)).sum()
 
 
 def build_mlp(cfg: LayerConfig, moe: MoESpec) -> nn.Module:

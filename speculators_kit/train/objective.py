@@ -15,6 +15,7 @@ from torch import nn
 
 from speculators_kit.core.build import target_config
 from speculators_kit.core.format import load_target_tensors, shared_target_weight
+from speculators_kit.core.layers import MoEMLP
 from speculators_kit.core.vocab import draft_ids_of
 
 MOE_BALANCE_WEIGHT = 0.01
@@ -138,8 +139,13 @@ class DraftTrainModule(nn.Module):
         return 0.5 * (draft_logp.exp() - target_p).abs().sum(-1)
 
     def _balance(self):
-        losses = [m.balance_loss for m in self.head.modules() if hasattr(m, "balance_loss")]
-        return sum(losses) / len(losses) if losses else 0.0
+        """The MoE layers' balance terms of this batch, over every TTT step, averaged."""
+        terms = []
+        for m in self.head.modules():
+            if isinstance(m, MoEMLP):
+                terms += m.balance_terms
+                m.balance_terms = []
+        return sum(terms) / len(terms) if terms else 0.0
 
 
 def layer_rows(trained: list[torch.Tensor]) -> list[torch.Tensor | None]:

@@ -137,3 +137,38 @@ def test_lm_head_trains_only_when_asked(tiny_llama):
     # a frozen lm_head is the target's, also for a randomly initialised head
     from speculators_kit.core.format import shared_target_weight
     assert torch.equal(frozen.head.lm_head.weight, shared_target_weight(tiny_llama, "lm_head.weight").float())
+
+
+def reference_balance(gate: torch.nn.Linear, x: torch.Tensor, top_k: int) -> torch.Tensor:
+    """E * sum_e (share of the top-k picks that went to e) * (mean router probability of e)."""
+    router = F.softmax(gate(x.reshape(-1, x.shape[-1])).float(), -1)
+    picks = F.one_hot(router.topk(top_k, -1).indices, router.shape[-1]).float().sum(1)  # [N, E]
+    return router.shape[-1] * (picks.mean(0) / top_k * router.mean(0)).sum()
+
+
+def test_moe_balance_term_covers_every_ttt_step(tiny_llama):
+    from speculators_kit.core.config import MoESpec
+    from speculators_kit.core.layers import MoEMLP
+    from speculators_kit.train.objective import MOE_BALANCE_WEIGHT
+
+    cfg = draft_config_for_target(tiny_llama, "eagle3", 2, None, [1, 2], 3, moe=MoESpec(num_experts=4, top_k=2))
+    module = DraftTrainModule(init_draft(cfg, tiny_llama, "random", seed=3), Path(tiny_llama),
+                              LossSection(kind="kl", ttt_steps=3, step_weights="uniform"))
+    moes = [m for m in module.head.modules() if isinstance(m, MoEMLP)]
+    calls = []
+    for m in moes:
+        m.register_forward_hook(lambda mod, args, out: calls.append(reference_balance(mod.gate, args[0], mod.top_k)))
+    batch, _ = batch_for(tiny_llama, [12, 9], answer_from=4, layer_ids=[1, 2, 4])
+    loss = module(batch)[0]
+    seen = torch.stack(calls)  # the training forward's
+    assert len(moes) == 2 and len(seen) == 2 * 3  # both layers, at each of the 3 steps
+    assert all(m.balance_terms == [] for m in moes)  # taken by this batch, not left for the next
+    module.eval()  # the held-out loss is the distillation alone, and the same positions are scored
+    with torch.no_grad():
+        distill = module(batch)[0]
+    expected = distill + MOE_BALANCE_WEIGHT * seen.mean()
+    assert torch.allclose(loss, expected, rtol=1e-5), (loss, expected)
+    assert not torch.allclose(loss, distill + MOE_BALANCE_WEIGHT * seen[-2:].mean(), rtol=1e-5)  # not the last step's
+    assert all(m.balance_terms == [] for m in moes)  # evaluation keeps none
+    loss.backward()  # and the router learns from it
+    assert all(m.gate.weight.grad is not None and m.gate.weight.grad.abs().sum() > 0 for m in moes)

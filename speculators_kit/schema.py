@@ -57,6 +57,10 @@ class DataSection(Strict):
     # `source: self`: user turns per conversation; turn t continues turn t-1's conversation
     # (the answer included) with the target's own follow-up question. Each turn is a sample.
     turns: int = Field(1, ge=1, le=8)
+    # `source: self`: openings the first questions start with, taken in turn (question i opens
+    # with lead_ins[i % len]); the target writes the rest. "" leaves a question free. Broadens
+    # what a small target asks itself (it rarely asks for code or maths unprompted).
+    lead_ins: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _path_needed(self):
@@ -67,6 +71,9 @@ class DataSection(Strict):
         if self.source != "self" and self.turns > 1:
             raise ValueError(f"data.turns is for source self (the target writes the follow-up "
                              f"questions); a {self.source} dataset brings its own turns: drop data.turns")
+        if self.source != "self" and self.lead_ins:
+            raise ValueError(f"data.lead_ins opens the questions of source self; a {self.source} "
+                             f"dataset brings its own questions: drop data.lead_ins")
         return self
 
 

@@ -148,13 +148,14 @@ def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def user_prefix_ids(tokenizer, conversation: list[dict] = ()) -> list[int]:
+def user_prefix_ids(tokenizer, conversation: list[dict] = (), lead_in: str = "") -> list[int]:
     """Magpie's pre-query template: everything the chat template puts before the text of a
-    user turn that follows `conversation` (none: the first turn)."""
+    user turn that follows `conversation` (none: the first turn), then `lead_in`, the text the
+    user turn opens with (tokenized together, as the template would)."""
     sentinel = "\u2063SPECKIT\u2063"
     turns = list(conversation) + [{"role": "user", "content": sentinel}]
     text = tokenizer.apply_chat_template(turns, tokenize=False)
-    return tokenizer(text[: text.index(sentinel)], add_special_tokens=False)["input_ids"]
+    return tokenizer(text[: text.index(sentinel)] + lead_in, add_special_tokens=False)["input_ids"]
 
 
 def prepare(records: list[dict], tokenizer, data, regenerate: bool) -> tuple[list[Prepared], dict]:

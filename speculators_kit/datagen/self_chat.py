@@ -1,7 +1,9 @@
 """`data.source: self`: conversations the target writes itself (Magpie, arXiv 2406.08464).
 
 Turn 1: the target completes its chat template's user-turn opening, which gives a question;
-it answers it when the store is captured. Turn t > 1 (`data.turns`): the target continues
+it answers it when the store is captured. `data.lead_ins` add the first words of the question
+to that opening ("Write a Python function that"), which steers the topic and keeps the rest the
+target's own words. Turn t > 1 (`data.turns`): the target continues
 each turn t-1 conversation, answer included, with the next user turn (a follow-up question
 such as "now make it shorter"), and answers that. Chat benchmarks like MT-bench ask exactly
 such second turns, where answers reuse the first answer's words.
@@ -48,18 +50,21 @@ def _questions(backend, tokenizer, prefixes: list[list[int]], seed: int) -> list
 
 
 def first_questions(backend, tokenizer, data) -> list[dict]:
-    """Turn 1: unique questions, seeded."""
-    prefix, questions, attempt = user_prefix_ids(tokenizer), [], 0
-    seen = set()
+    """Turn 1: unique questions, seeded. Draw i opens with data.lead_ins[i % len] (if any)."""
+    leads = data.lead_ins or [""]
+    prefixes = {lead: user_prefix_ids(tokenizer, lead_in=lead) for lead in leads}
+    questions, seen, attempt = [], set(), 0
     while len(questions) < data.limit and attempt < 4:
         n = data.limit - len(questions)
         # a few spare draws per round: some come out empty or repeat an earlier question
-        seeds = [data.seed * 1_000_003 + attempt * 100_000 + i for i in range(n + n // 8 + 4)]
-        outs = backend.generate([prefix] * len(seeds), QUESTION_TOKENS, 1.0, seeds)
-        for out in outs:
-            text = tokenizer.decode(out, skip_special_tokens=True).strip()
+        draws = [leads[i % len(leads)] for i in range(n + n // 8 + 4)]
+        seeds = [data.seed * 1_000_003 + attempt * 100_000 + i for i in range(len(draws))]
+        outs = backend.generate([prefixes[lead] for lead in draws], QUESTION_TOKENS, 1.0, seeds)
+        for lead, out in zip(draws, outs):
+            written = tokenizer.decode(out, skip_special_tokens=True)
+            text = (lead + written).strip()
             key = " ".join(text.lower().split())
-            if len(key) >= 8 and key not in seen and len(questions) < data.limit:
+            if len(written.strip()) >= 8 and key not in seen and len(questions) < data.limit:
                 seen.add(key)
                 questions.append({"messages": [{"role": "user", "content": text}]})
         attempt += 1

@@ -129,3 +129,30 @@ def test_self_conversations_go_on_with_the_targets_own_follow_ups(write_config, 
 def test_turns_belong_to_self_made_conversations(write_config, capsys):
     line = run_fails(capsys, write_config(data={"turns": 2}))
     assert "data.turns is for source self" in line
+
+
+def test_lead_ins_open_the_self_made_questions(write_config, tmp_path, tiny_llama):
+    """`data.lead_ins`: the questions open with the given words, taken in turn ("" leaves one
+    free), and the target writes the rest; other lead-ins make other questions, not the cached ones."""
+    leads = ["", "Write a Python function that", "Solve this:"]
+    out = tmp_path / "led"
+    cfg = write_config("led.yaml", data={"source": "self", "limit": 6, "seed": 3, "lead_ins": leads},
+                       output={"dir": str(out)})
+    assert main(["datagen", str(cfg)]) == 0
+    questions = [r["messages"][0]["content"]
+                 for r in json.loads((out / ".self_prompts.json").read_text())["records"]]
+    assert len(questions) == 6
+    for lead in leads[1:]:
+        opened = [q for q in questions if q.startswith(lead)]
+        assert 1 <= len(opened) <= 2 and all(len(q) >= len(lead) + 8 for q in opened)
+    # without lead-ins the saved questions do not match the config: new ones are made
+    free = write_config("free.yaml", data={"source": "self", "limit": 6, "seed": 3}, output={"dir": str(out)})
+    assert main(["datagen", str(free)]) == 0
+    again = [r["messages"][0]["content"]
+             for r in json.loads((out / ".self_prompts.json").read_text())["records"]]
+    assert len(again) == 6 and not any(q.startswith(tuple(leads[1:])) for q in again)
+
+
+def test_lead_ins_belong_to_self_made_conversations(write_config, capsys):
+    line = run_fails(capsys, write_config(data={"lead_ins": ["Explain"]}))
+    assert "data.lead_ins opens the questions of source self" in line

@@ -7,8 +7,6 @@ to the draft vocabulary and renormalised there, as vLLM can only accept draft-vo
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +15,7 @@ from speculators_kit.core.build import target_config
 from speculators_kit.core.format import load_target_tensors, shared_target_weight
 from speculators_kit.core.layers import MoEMLP
 from speculators_kit.core.vocab import draft_ids_of
+from speculators_kit.train.acceptance import chain_stats, walk_stats
 
 MOE_BALANCE_WEIGHT = 0.01
 DENSE_ROWS = 0.8  # steps > 0 run on every position when at least this share of them is read
@@ -63,7 +62,8 @@ class DraftTrainModule(nn.Module):
     def forward(self, batch: dict, chain: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (loss, stats). The loss covers the ttt_steps trained steps; stats (evaluation
         only, None in training), the acceptance of chains of `chain` (>= ttt_steps, default
-        ttt_steps) drafted tokens: [chains, accepted chains of length 1..chain, weighted positions]."""
+        ttt_steps) drafted tokens: chain_stats then walk_stats (train/acceptance.py), 2 * chain + 3
+        numbers."""
         dtype = self.head.fc.weight.dtype  # the engine's compute dtype (bf16 or fp32)
         hidden = batch["hidden"].to(dtype)
         eagle3 = self.head.config.arch == "eagle3"
@@ -95,7 +95,10 @@ class DraftTrainModule(nn.Module):
                 match[trained] = logits.argmax(-1) == tgt.argmax(-1)
                 matches.append(match)
         total = total / sum(self.weights) + MOE_BALANCE_WEIGHT * self._balance()
-        return total, None if self.training else chain_stats(matches, [m for _, m in masks])
+        if self.training:
+            return total, None
+        scored = [m for _, m in masks]
+        return total, torch.cat([chain_stats(matches, scored), walk_stats(matches, scored)])
 
     def _masks(self, j: int, n: int, valid, dist, doc) -> tuple[torch.Tensor, torch.Tensor]:
         """Step j's [B, n] (trained, scored) positions: the step-j prediction at t is of t+1+j."""
@@ -180,30 +183,3 @@ class SoftTargetKL(torch.autograd.Function):
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[N, V] . [N, V] -> [N] as a batched matmul, without an [N, V] product tensor."""
     return (a.unsqueeze(-2) @ b.unsqueeze(-1)).flatten()
-
-
-def chain_stats(matches: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
-    """Greedy acceptance of a k-step chain started at each position where all k steps are
-    trained: [chains, accepted through step 1, ..., through step k, weighted positions]."""
-    k = len(matches)
-    n = matches[-1].shape[1]
-    ok = torch.ones_like(masks[-1])
-    for m in masks:
-        ok = ok & m[:, :n]
-    stats = [ok.sum()]
-    chain = ok
-    for j in range(k):
-        chain = chain & matches[j][:, :n]
-        stats.append(chain.sum())
-    stats.append(masks[0].sum())
-    return torch.stack(stats).double()
-
-
-def tau_from_stats(stats: torch.Tensor) -> tuple[float, list[float]]:
-    """τ = 1 + E[accepted draft tokens]; also the conditional acceptance per position."""
-    chains = float(stats[0])
-    if chains == 0:
-        return 1.0, []
-    through = [float(x) / chains for x in stats[1:-1]]
-    per_pos = [through[0]] + [b / a if a else 0.0 for a, b in itertools.pairwise(through)]
-    return 1.0 + sum(through), per_pos

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.train import checkpoint, data
-from speculators_kit.train.objective import tau_from_stats
+from speculators_kit.train.acceptance import tau_from_stats
 
 
 @dataclass
@@ -178,20 +178,22 @@ def evaluate(run: Run) -> dict | None:
     # Chains as long as the ones the draft will serve (its num_speculative_tokens), not only the
     # trained ttt_steps: acceptance past the trained steps is what a longer TTT unroll buys.
     k = max(cfg.loss.ttt_steps, cfg.draft.num_speculative_tokens)
-    sums = torch.zeros(k + 3, dtype=torch.float64)
+    sums = torch.zeros(2 * k + 4, dtype=torch.float64)  # chain_stats, walk_stats, loss
     for i in range(run.rank, len(order), run.world):
         loss, stats = run.engine(data.collate(run.readers, order[i], cfg.data.max_length), chain=k)
         sums[:-1] += stats.cpu()
         sums[-1] += float(loss) * sum(map(len, order[i]))
     dist.all_reduce(sums)
-    tau, per_pos = tau_from_stats(sums[:-1])
+    # τ is the decoding walk's, the one serving reproduces; the every-position mean is kept
+    # for comparison with runs before 2026-12-01, which reported it as τ (16% higher).
+    tau, per_pos = tau_from_stats(sums[k + 2: 2 * k + 3])
     result = {"step": run.step, "eval_loss": float(sums[-1]) / len(refs), "tau": tau,
-              "accept_per_pos": per_pos, "k": k}
+              "accept_per_pos": per_pos, "tau_every_position": tau_from_stats(sums[: k + 1])[0], "k": k}
     if run.log:
         run.log.record(result)
         run.log.console(f"eval step {run.step}: loss {result['eval_loss']:.4f}, tau {tau:.3f} "
-                        f"(k={k}), acceptance per position "
-                        f"{[round(x, 3) for x in per_pos]}")
+                        f"(k={k}; {result['tau_every_position']:.3f} from every position), acceptance "
+                        f"per position {[round(x, 3) for x in per_pos]}")
     return result
 
 

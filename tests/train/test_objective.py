@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from speculators_kit.core.build import draft_config_for_target, init_draft
 from speculators_kit.core.vocab import apply_draft_vocab, select_draft_vocab
 from speculators_kit.schema import LossSection
-from speculators_kit.train.objective import DraftTrainModule, chain_stats, tau_from_stats
+from speculators_kit.train.acceptance import chain_stats, tau_from_stats, walk_stats
+from speculators_kit.train.objective import DraftTrainModule
 
 
 def batch_for(target_dir, lengths, answer_from, layer_ids, seed=0):
@@ -77,7 +78,8 @@ def naive_stats(module, model, batch, steps, draft_ids):
         n = ids.shape[1] - 1 - j
         matches.append(logits[:, :n].argmax(-1) == target[:, 1 + j: 1 + j + n].argmax(-1))
         masks.append(valid[:, 1 + j: 1 + j + n] & answer[:, 1 + j: 1 + j + n])
-    return chain_stats(matches, masks)
+    scored = [m & mask for m, mask in zip(matches, masks)]
+    return torch.cat([chain_stats(matches, masks), walk_stats(scored, masks)])
 
 
 @pytest.mark.parametrize("kind,tokens", [("kl", "answer"), ("ce", "answer"), ("tv", "answer"), ("kl", "all")])
@@ -108,12 +110,13 @@ def test_ttt_loss_matches_naive_reference(tiny_llama, kind, tokens):
     assert torch.allclose(eval_loss, answers.float(), rtol=1e-4, atol=1e-6)
     if tokens == "all":  # the prompts count in training
         assert not torch.allclose(expected, answers, rtol=1e-3)
-    assert stats[-1] == batch["dist_mask"][:, 1:].sum()  # every trained step-0 position counted
+    assert stats[3] == batch["dist_mask"][:, 1:].sum()  # every trained step-0 position counted
     assert torch.equal(stats, naive_stats(module, model, batch, 2, draft_ids))
     # Held-out chains as long as serving drafts: more steps in the stats, the same loss.
     longer_loss, longer = module(batch, chain=4)
-    assert torch.allclose(longer_loss, eval_loss) and len(longer) == 4 + 2 and longer[-1] == stats[-1]
+    assert torch.allclose(longer_loss, eval_loss) and len(longer) == 2 * 4 + 3 and longer[5] == stats[3]
     assert longer[0] < stats[0]  # fewer positions have all 4 steps inside the sequence
+    assert longer[6] == stats[4]  # the walk's chains start where they did: after each answer's first token
 
 
 def test_tau_estimate_from_chain_counts():
@@ -123,9 +126,27 @@ def test_tau_estimate_from_chain_counts():
     mask = [torch.tensor([[True, True, True, False]])] * 3
     stats = chain_stats(match, mask)
     assert stats.tolist() == [3, 2, 2, 1, 3]
-    tau, per_pos = tau_from_stats(stats)
+    tau, per_pos = tau_from_stats(stats[:-1])
     assert tau == pytest.approx(1 + (0 + 2 + 3) / 3)
     assert per_pos == pytest.approx([2 / 3, 1.0, 0.5])
+
+
+def test_decoding_walk_starts_chains_where_greedy_decoding_does():
+    """Row 0 holds one answer (positions 1-6), row 1 two (0-1 and 3-4). Each answer's first
+    token is the prefill's; a chain accepting a tokens moves the next start a + 1 on."""
+    f, t = False, True
+    scored = torch.tensor([[f, t, t, t, t, t, t, f], [t, t, f, t, t, f, f, f]])
+    step0 = torch.tensor([[f, t, f, f, t, t, t, f], [t, t, f, t, t, f, f, f]])
+    step1 = torch.tensor([[f, t, t, f, f, t, f], [t, f, f, t, f, f, f]])
+    # row 0: starts 2 (0 accepted), 3 (0), 4 (1), 6 (1); row 1: starts 1 (1), 4 (1)
+    walk = walk_stats([step0, step1], [scored, scored[:, :7]])
+    assert walk.tolist() == [6, 4, 0]
+    tau, per_pos = tau_from_stats(walk)
+    assert tau == pytest.approx(1 + 4 / 6) and per_pos == pytest.approx([4 / 6, 0.0])
+    # every position also counts each answer's first token and the positions the walk jumps
+    # over: 10 chains, 8 accept step 0, 4 both steps
+    every = chain_stats([step0, step1], [scored, scored[:, :7]])
+    assert tau_from_stats(every[:-1])[0] == pytest.approx(1 + (8 + 4) / 10)
 
 
 def test_lm_head_trains_only_when_asked(tiny_llama):

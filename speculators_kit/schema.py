@@ -59,8 +59,9 @@ class DataSection(Strict):
     turns: int = Field(1, ge=1, le=8)
     # `source: self`: openings the first questions start with, taken in turn (question i opens
     # with lead_ins[i % len]); the target writes the rest. "" leaves a question free. Broadens
-    # what a small target asks itself (it rarely asks for code or maths unprompted).
-    lead_ins: list[str] = Field(default_factory=list)
+    # what a small target asks itself (it rarely asks for code or maths unprompted). `general`:
+    # the built-in list (datagen/self_chat.py GENERAL_LEAD_INS).
+    lead_ins: list[str] | Literal["general"] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _path_needed(self):

@@ -91,7 +91,7 @@ def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> 
         data = cfg.data.model_copy(update={"format": "chat"})
         key = {"seed": data.seed, "limit": data.limit, "target": manifest.target_fingerprint}
         if data.lead_ins:  # only when set: caches made before lead_ins existed stay valid
-            key["lead_ins"] = data.lead_ins
+            key["lead_ins"] = self_chat.lead_ins(data)
         records = self_chat.cached(out_dir, 1, key, lambda: self_chat.first_questions(
             engine.get(), tokenizer, data))
     else:

@@ -22,6 +22,46 @@ from speculators_kit.datagen.prepare import prompt_ids, user_prefix_ids
 
 SELF_PROMPTS = ".self_prompts.json"
 QUESTION_TOKENS = 96
+# `data.lead_ins: general`: task openings across what chat benchmarks ask (code, arithmetic,
+# science, writing, role play, extraction, reasoning), written for this list, one left free.
+GENERAL_LEAD_INS = [
+    "",
+    "Write a Python function that",
+    "Explain how",
+    "Solve this math problem:",
+    "Write a short story about",
+    "Imagine you are",
+    "Summarize the following text:",
+    "What is the difference between",
+    "Write a program in",
+    "A train leaves",
+    "Describe the process of",
+    "Write an email to",
+    "Extract the",
+    "Why does",
+    "Write a SQL query that",
+    "Calculate",
+    "Write a poem about",
+    "Compare",
+    "What are the main causes of",
+    "Implement a",
+    "Rewrite the following paragraph",
+    "Pretend to be",
+    "What would happen if",
+    "Explain the concept of",
+    "Given the following data,",
+    "Write a persuasive essay",
+    "In physics,",
+    "Write a JavaScript function",
+    "If a rectangle",
+    "Give me a list of",
+    "How did",
+    "Debug this code:",
+]
+
+
+def lead_ins(data) -> list[str]:
+    return GENERAL_LEAD_INS if data.lead_ins == "general" else list(data.lead_ins)
 
 
 def cache_name(turn: int) -> str:
@@ -51,7 +91,7 @@ def _questions(backend, tokenizer, prefixes: list[list[int]], seed: int) -> list
 
 def first_questions(backend, tokenizer, data) -> list[dict]:
     """Turn 1: unique questions, seeded. Draw i opens with data.lead_ins[i % len] (if any)."""
-    leads = data.lead_ins or [""]
+    leads = lead_ins(data) or [""]
     prefixes = {lead: user_prefix_ids(tokenizer, lead_in=lead) for lead in leads}
     questions, seen, attempt = [], set(), 0
     while len(questions) < data.limit and attempt < 4:

@@ -151,6 +151,11 @@ def test_lead_ins_open_the_self_made_questions(write_config, tmp_path, tiny_llam
     again = [r["messages"][0]["content"]
              for r in json.loads((out / ".self_prompts.json").read_text())["records"]]
     assert len(again) == 6 and not any(q.startswith(tuple(leads[1:])) for q in again)
+    general = write_config("general.yaml", data={"source": "self", "limit": 3, "seed": 3, "lead_ins": "general"},
+                           output={"dir": str(tmp_path / "general")})
+    assert main(["datagen", str(general)]) == 0
+    made = json.loads((tmp_path / "general" / ".self_prompts.json").read_text())["records"]
+    assert made[1]["messages"][0]["content"].startswith("Write a Python function that")
 
 
 def test_lead_ins_belong_to_self_made_conversations(write_config, capsys):

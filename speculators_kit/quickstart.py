@@ -19,26 +19,31 @@ import yaml
 # in fp32, 5 eval). Held-out τ of that run stopped rising by step 300 (1.42/1.59/1.66/1.66 at
 # 100-400), so 450 samples and 240 steps lose little (held-out 1.64, MT-bench τ 1.30 vs 1.34);
 # 240 samples and 150 steps gave a draft that slowed decoding to 0.79x. full: the README's
-# published numbers, ~4 h on the AVX2-only CPU
-# (17 min for the 3000 questions, then ~4 min per 120 answered and captured conversations, ~2 h
-# of datagen; 1500 steps at ~3.2 s, ~1.3 h of training; ~32 min of eval):
-# 5x the samples at twice the answer length, 3.75x the training steps, MT-bench at k=5 with the
-# ngram baseline. Data, not steps, is what limits the draft here: with 1200 samples, 7 passes over
-# the store drove the training loss to 0.8 while the held-out loss stayed at 2.1, so the budget
-# buys samples (~3 passes).
+# published numbers, ~2 h on the AVX-512 CPU (~65 min datagen, 24 min training, ~20 min eval);
+# ~5.5 h estimated on the AVX2-only one, where the 3000 questions without lead-ins took ~2 h of
+# datagen (17 min for the questions, ~4 min per 120 answered and captured conversations) and
+# 1500 steps at ~3.2 s ~1.3 h:
+# 6.7x the samples (11x with the lead-in store) at twice the answer length, 6.25x the training
+# steps, MT-bench at k=5 with the ngram baseline. Data, not steps, is what limits the draft
+# here: with 1200 samples, 7 passes over the store drove the training loss to 0.8 while the
+# held-out loss stayed at 2.1, so the budget buys samples (~3 passes; ~2 with the lead-ins).
 # init: a draft layer copied from the target's last layer leads for the first ~400 steps
 # (held-out τ 1.99 vs 1.89 at step 375 of the full budget); a random one wins by the end
 # (3.10 vs 2.88 at step 1500).
 # loss_on all (loss.tokens): the prompts are the target's own text here, and training on their
 # distributions too raised the full budget's MT-bench τ 2.16 -> 2.22 (7 of 8 categories) at
 # equal held-out τ; the small budget keeps the answer-only loss its published numbers used.
+# lead_in_samples: 2000 more questions opened by the general lead-ins (code, arithmetic,
+# science, writing tasks...) in a second store. At the same 1500 steps, MT-bench τ 2.20 -> 2.37
+# (math 2.13 -> 2.56, coding 1.87 -> 2.13, stem 1.96 -> 2.24) and 1.35x -> 1.63x; ~25 min more
+# datagen on a 2-core AVX-512 CPU (2026-12-01).
 BUDGETS = {
     "small": {"samples": 450, "new_tokens": 128, "steps": 240, "tokens": 2048, "warmup": 20,
               "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,
               "eval_tokens": 128, "k": 3, "ngram": False},
-    "full": {"samples": 3000, "new_tokens": 256, "steps": 1500, "tokens": 2048, "warmup": 50,
-             "lr": 1e-3, "init": "random", "loss_on": "all", "eval_prompts": 40, "eval_tokens": 256, "k": 5,
-             "ngram": True},
+    "full": {"samples": 3000, "lead_in_samples": 2000, "new_tokens": 256, "steps": 1500, "tokens": 2048,
+             "warmup": 50, "lr": 1e-3, "init": "random", "loss_on": "all", "eval_prompts": 40,
+             "eval_tokens": 256, "k": 5, "ngram": True},
 }
 TARGET = "smollm2-135m-instruct"
 
@@ -47,18 +52,28 @@ def log(msg: str) -> None:
     print(f"[quickstart] {msg}", file=sys.stderr, flush=True)
 
 
-def datagen_config(out: Path, b: dict, gsm8k: str | None) -> dict:
-    data = ({"source": "jsonl", "path": str(Path(gsm8k).resolve()), "prompt_field": "question",
-             "limit": b["samples"]} if gsm8k else {"source": "self", "limit": b["samples"], "seed": 0})
-    return {"target": {"path": TARGET}, "data": {**data, "max_length": 1024},
-            "regenerate": {"enabled": True, "max_new_tokens": b["new_tokens"], "temperature": 0.0},
-            "capture": {"backend": "vllm", "layers": "auto", "dtype": "bf16", "batch_size": 64},
-            "output": {"dir": str(out / "store"), "shard_samples": 120}}
+def datagen_configs(out: Path, b: dict, gsm8k: str | None) -> dict[str, dict]:
+    """Suffix -> the datagen config of store{suffix}: the conversations and, for `full`, questions
+    opened by the general lead-ins (seed 1, so other questions than the first store's)."""
+    if gsm8k:
+        stores = {"": {"source": "jsonl", "path": str(Path(gsm8k).resolve()), "prompt_field": "question",
+                       "limit": b["samples"]}}
+    else:
+        stores = {"": {"source": "self", "limit": b["samples"], "seed": 0}}
+        if b.get("lead_in_samples"):
+            stores["-lead-ins"] = {"source": "self", "limit": b["lead_in_samples"], "seed": 1,
+                                   "lead_ins": "general"}
+    return {suffix: {"target": {"path": TARGET}, "data": {**data, "max_length": 1024},
+                     "regenerate": {"enabled": True, "max_new_tokens": b["new_tokens"], "temperature": 0.0},
+                     "capture": {"backend": "vllm", "layers": "auto", "dtype": "bf16", "batch_size": 64},
+                     "output": {"dir": str(out / f"store{suffix}"), "shard_samples": 120}}
+            for suffix, data in stores.items()}
 
 
-def train_config(out: Path, b: dict) -> dict:
+def train_config(out: Path, b: dict, suffixes: list[str]) -> dict:
     return {"target": {"path": TARGET},
-            "data": {"stores": [str(out / "store")], "eval_fraction": 0.05, "max_length": 1024, "seed": 0},
+            "data": {"stores": [str(out / f"store{s}") for s in suffixes], "eval_fraction": 0.05,
+                     "max_length": 1024, "seed": 0},
             "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": 8192,
                       "init": b["init"], "num_speculative_tokens": b["k"]},
             "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "uniform", "tokens": b["loss_on"]},
@@ -87,10 +102,12 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
 
     out, b = Path(out).expanduser().resolve(), BUDGETS[budget]
     log(f"1/4 target: {prepare(TARGET)}")
-    cfg = write_yaml(out / "configs" / "datagen.yaml", datagen_config(out, b, gsm8k), "datagen")
-    log(f"2/4 datagen: {b['samples']} conversations -> {out / 'store'}")
-    datagen(cfg, out / "configs", log=log)
-    cfg = write_yaml(out / "configs" / "train.yaml", train_config(out, b), "train")
+    stores = datagen_configs(out, b, gsm8k)
+    for suffix, data in stores.items():
+        cfg = write_yaml(out / "configs" / f"datagen{suffix}.yaml", data, "datagen")
+        log(f"2/4 datagen: {cfg.data.limit} conversations -> {cfg.output.dir}")
+        datagen(cfg, out / "configs", log=log)
+    cfg = write_yaml(out / "configs" / "train.yaml", train_config(out, b, list(stores)), "train")
     last = checkpoint.latest(out / "train")
     if last is not None and checkpoint.read_state(last)["step"] >= b["steps"]:
         log(f"3/4 train: done ({last})")

@@ -35,8 +35,8 @@ import yaml
 # equal held-out τ; the small budget keeps the answer-only loss its published numbers used.
 # lead_in_samples: 2000 more questions opened by the general lead-ins (code, arithmetic,
 # science, writing tasks...) in a second store. At the same 1500 steps, MT-bench τ 2.20 -> 2.37
-# (math 2.13 -> 2.56, coding 1.87 -> 2.13, stem 1.96 -> 2.24) and 1.35x -> 1.63x; ~25 min more
-# datagen on a 2-core AVX-512 CPU (2026-12-01).
+# (math 2.13 -> 2.56, coding 1.87 -> 2.13, stem 1.96 -> 2.24) and 1.35x -> 1.54x / 1.63x (two
+# runs); ~25 min more datagen on a 2-core AVX-512 CPU (2026-12-01).
 BUDGETS = {
     "small": {"samples": 450, "new_tokens": 128, "steps": 240, "tokens": 2048, "warmup": 20,
               "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,

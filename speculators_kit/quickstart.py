@@ -8,10 +8,13 @@ store resumes, training resumes from its last checkpoint, eval reuses finished e
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import yaml
+
+from speculators_kit.core.errors import SpecKitError
 
 # small: 12 min on a 2-core AVX-512 CPU (2026-12-01: 2.2 target and questions, 2.5 capture, 3.9
 # training in bf16, 3 eval), ~30 min estimated on a 2-core AVX2-only one from the stage rates
@@ -103,11 +106,13 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
     out, b = Path(out).expanduser().resolve(), BUDGETS[budget]
     log(f"1/4 target: {prepare(TARGET)}")
     stores = datagen_configs(out, b, gsm8k)
+    train = train_config(out, b, list(stores))
+    check_trained_stores(out, train["data"]["stores"])  # before datagen spends an hour
     for suffix, data in stores.items():
         cfg = write_yaml(out / "configs" / f"datagen{suffix}.yaml", data, "datagen")
         log(f"2/4 datagen: {cfg.data.limit} conversations -> {cfg.output.dir}")
         datagen(cfg, out / "configs", log=log)
-    cfg = write_yaml(out / "configs" / "train.yaml", train_config(out, b, list(stores)), "train")
+    cfg = write_yaml(out / "configs" / "train.yaml", train, "train")
     last = checkpoint.latest(out / "train")
     if last is not None and checkpoint.read_state(last)["step"] >= b["steps"]:
         log(f"3/4 train: done ({last})")
@@ -121,6 +126,22 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
     print((out / "eval" / "report.md").read_text())
     print(serve_commands(draft, b["k"]))
     return summary
+
+
+def check_trained_stores(out: Path, stores: list[str]) -> None:
+    """A training under out/train that read other stores (an older budget's) is neither done nor
+    resumable: its draft would be evaluated, or its data order continued, as if it were this one's."""
+    resolved = out / "train" / "resolved_config.json"
+    if not resolved.is_file():
+        return
+    before = json.loads(resolved.read_text())["data"]["stores"]
+    if sorted(map(_real, before)) != sorted(map(_real, stores)):
+        raise SpecKitError(f"{out / 'train'} trained on the stores {before}, this budget trains on {stores}: "
+                           f"delete {out / 'train'} and {out / 'eval'} to train and evaluate again")
+
+
+def _real(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def serve_commands(draft: Path, k: int) -> str:

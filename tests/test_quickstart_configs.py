@@ -21,3 +21,19 @@ def test_quickstart_configs_are_valid_and_train_on_every_store(tmp_path, budget,
     else:
         assert sum(d.get("lead_ins") == "general" for d in sources) == (1 if b.get("lead_in_samples") else 0)
         assert len({d["seed"] for d in sources}) == len(sources)  # other questions in each store
+
+
+def test_a_training_on_other_stores_is_not_taken_as_done(tmp_path):
+    """A --budget full run made before the lead-in store: its draft is not this budget's."""
+    import json
+
+    from speculators_kit.core.errors import SpecKitError
+    from speculators_kit.quickstart import check_trained_stores
+
+    (tmp_path / "train").mkdir()
+    old = train_config(tmp_path, BUDGETS["full"], [""])
+    (tmp_path / "train" / "resolved_config.json").write_text(json.dumps(old))
+    now = [str(tmp_path / "store"), str(tmp_path / "store-lead-ins")]
+    with pytest.raises(SpecKitError, match=r"trained on the stores .* delete .*train and .*eval"):
+        check_trained_stores(tmp_path, now)
+    check_trained_stores(tmp_path, [str(tmp_path / "." / "store")])  # the same store, another spelling

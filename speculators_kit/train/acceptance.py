@@ -18,20 +18,27 @@ import torch
 import torch.nn.functional as F
 
 
+def accepted_lengths(matches: list[torch.Tensor]) -> torch.Tensor:
+    """[B, n]: how many steps of the chain started at each position match before the first
+    miss. Later steps have fewer positions: the missing ones are not matches."""
+    n = matches[0].shape[1]
+    accepted = torch.zeros_like(matches[0], dtype=torch.long)
+    alive = torch.ones_like(matches[0])
+    for m in matches:
+        alive = alive & F.pad(m, (0, n - m.shape[1]), value=False)
+        accepted += alive
+    return accepted
+
+
 def chain_stats(matches: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
     """Greedy acceptance of a k-step chain started at each position where all k steps are
     trained: [chains, accepted through step 1, ..., through step k, weighted positions]."""
-    k = len(matches)
     n = matches[-1].shape[1]
     ok = torch.ones_like(masks[-1])
     for m in masks:
         ok = ok & m[:, :n]
-    stats = [ok.sum()]
-    chain = ok
-    for j in range(k):
-        chain = chain & matches[j][:, :n]
-        stats.append(chain.sum())
-    stats.append(masks[0].sum())
+    accepted = accepted_lengths(matches)[:, :n]
+    stats = [ok.sum()] + [(ok & (accepted > j)).sum() for j in range(len(matches))] + [masks[0].sum()]
     return torch.stack(stats).double()
 
 
@@ -40,11 +47,7 @@ def walk_stats(matches: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.
     [chains, chains accepting >= 1 token, ..., >= k tokens]. matches[j] is False wherever
     step j is not scored, so a chain never runs past its answer."""
     n = masks[0].shape[1]
-    accepted = torch.zeros_like(masks[0], dtype=torch.long)
-    alive = torch.ones_like(masks[0])
-    for m in matches:  # later steps have fewer positions: the missing ones are not matches
-        alive = alive & F.pad(m, (0, n - m.shape[1]), value=False)
-        accepted += alive
+    accepted = accepted_lengths(matches)
     reached = [0] * (len(matches) + 1)
     for acc, scored in zip(accepted.tolist(), masks[0].tolist()):
         t = 0

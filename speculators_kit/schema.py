@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from speculators_kit.core.config import ProposerSettings
 from speculators_kit.core.errors import SpecKitError
 
 
@@ -263,6 +264,9 @@ class TrainConfig(Strict):
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     output: TrainOutput
     logging: LoggingSection = Field(default_factory=LoggingSection)
+    # Serving defaults written into every draft this run saves (config.json, speculators_kit.proposer):
+    # what vLLM with our plugin uses unless --additional-config overrides it.
+    proposer: ProposerSettings = Field(default_factory=ProposerSettings)
 
 
 KINDS: dict[str, type[Strict]] = {"generate": GenerateConfig, "datagen": DatagenConfig,

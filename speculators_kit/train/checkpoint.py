@@ -18,9 +18,11 @@ from speculators_kit.core.format import save_draft, shared_target_weight
 from speculators_kit.core.vocab import draft_ids_of
 
 # What must not change between a run and its resume: a different head cannot load the state,
-# different batching would replay other data than the interrupted run would have seen.
+# different batching would replay other data than the interrupted run would have seen, and other
+# stores or eval_fraction would split the samples anew, so held-out ones could be trained on.
 RESUME_KEYS = ("draft", "precision", "target_fingerprint", "layer_ids", "zero_stage", "world_size",
-               "batches")
+               "batches", "samples")
+SINCE_2026_12 = ("samples",)  # older checkpoints lack them: compared only when recorded
 
 
 def root(out_dir: Path) -> Path:
@@ -37,7 +39,8 @@ def read_state(ckpt: Path) -> dict:
 
 
 def check_resumable(state: dict, identity: dict, ckpt: Path) -> None:
-    changed = [k for k in RESUME_KEYS if state["identity"].get(k) != identity.get(k)]
+    recorded = [k for k in RESUME_KEYS if k in state["identity"] or k not in SINCE_2026_12]
+    changed = [k for k in recorded if state["identity"].get(k) != identity.get(k)]
     if changed:
         details = "; ".join(f"{k}: checkpoint {state['identity'].get(k)!r}, now {identity.get(k)!r}"
                             for k in changed)
@@ -58,8 +61,8 @@ def export_head(module, target_dir: Path):
 
 
 def save(engine, module, target_dir: Path, out_dir: Path, step: int, state: dict, keep_last: int,
-         provenance: dict) -> Path:
-    """Collective: every rank calls it."""
+         provenance: dict, proposer) -> Path:
+    """Collective: every rank calls it. `proposer`: the draft's serving defaults (ProposerSettings)."""
     rank = dist.get_rank()
     final = root(out_dir) / f"step-{step:08d}"
     tmp = root(out_dir) / f".step-{step:08d}.tmp"
@@ -71,7 +74,8 @@ def save(engine, module, target_dir: Path, out_dir: Path, step: int, state: dict
     dist.barrier()
     if rank == 0:
         head = export_head(module, target_dir)
-        kit = head.config.speculators_kit.model_copy(update={"provenance": {**provenance, "step": step}})
+        kit = head.config.speculators_kit.model_copy(update={"provenance": {**provenance, "step": step},
+                                                             "proposer": proposer})
         head.config = head.config.model_copy(update={"speculators_kit": kit})
         save_draft(head, tmp / "draft", target_dir=target_dir)
         (tmp / "state.json").write_text(json.dumps(state, indent=1))

@@ -62,7 +62,9 @@ def setup(cfg, resume: bool) -> Run:
                     "target_fingerprint": fingerprint, "layer_ids": manifest.layer_ids,
                     "zero_stage": cfg.deepspeed.zero_stage, "world_size": world,
                     "batches": {k: getattr(cfg.data, k) for k in ("max_length", "seed", "packing")}
-                    | {"micro_batch_tokens": cfg.train.micro_batch_tokens}}
+                    | {"micro_batch_tokens": cfg.train.micro_batch_tokens},
+                    "samples": {"stores": [str(Path(s).expanduser().resolve()) for s in cfg.data.stores],
+                                "eval_fraction": cfg.data.eval_fraction}}
     _build_engine(run, head)
     if ckpt is not None:
         state = checkpoint.read_state(ckpt)
@@ -203,7 +205,7 @@ def _save(run: Run) -> None:
     provenance = {"created_by": "speckit train", "config": state["config"],
                   "stores": [str(Path(s).resolve()) for s in run.cfg.data.stores]}
     ckpt = checkpoint.save(run.engine, run.module, run.target, run.out, run.step, state,
-                           run.cfg.train.keep_last, provenance)
+                           run.cfg.train.keep_last, provenance, run.cfg.proposer)
     if run.rank == 0:
         draft = checkpoint.publish_draft(ckpt, run.out)
         run.log.console(f"saved {ckpt} and {draft}")

@@ -37,7 +37,7 @@ def train_config(tmp_path, tiny_llama, tiny_store):
                "deepspeed": {"zero_stage": 2}, "precision": "fp32",
                "output": {"dir": str(tmp_path / "run")}, "logging": {"tensorboard": False}}
         for key, value in sections.items():
-            cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+            cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
         path = tmp_path / name
         path.write_text(yaml.safe_dump(cfg))
         return path

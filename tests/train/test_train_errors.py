@@ -104,3 +104,18 @@ def test_eagle3_norm_flags_resolve():
     assert eagle3_norms(DraftSection(fc_norm=True))["norm_before_fc"] is False
     assert eagle3_norms(DraftSection(norm_output=False))["norm_output"] is False
     DraftSection(arch="hass")  # unset flags do not trip the eagle3-only check
+
+
+def test_resume_checks_the_sample_split_when_the_checkpoint_recorded_it(tmp_path):
+    from speculators_kit.core.errors import SpecKitError
+    from speculators_kit.train.checkpoint import check_resumable
+
+    base = {"draft": {"arch": "eagle3"}, "batches": {"seed": 0}}
+    now = base | {"samples": {"stores": ["/a", "/b"], "eval_fraction": 0.05}}
+    check_resumable({"identity": base}, now, tmp_path)  # written before the split was recorded
+    check_resumable({"identity": now}, now, tmp_path)
+    before = base | {"samples": {"stores": ["/a"], "eval_fraction": 0.05}}
+    with pytest.raises(SpecKitError, match=r"samples: checkpoint .*'/a'\].*now .*'/b'\]"):
+        check_resumable({"identity": before}, now, tmp_path)
+    with pytest.raises(SpecKitError, match="batches"):  # older keys stay required
+        check_resumable({"identity": base | {"batches": {"seed": 1}}}, now, tmp_path)

@@ -62,6 +62,10 @@ def test_resume_continues_the_same_curve(train_config, tmp_path):
     unpacked = speckit("train", cfg, "--resume", "--set", "data.packing=false")
     assert unpacked.returncode == 1 and "cannot resume" in unpacked.stderr
     assert "batches:" in unpacked.stderr and "'packing': True" in unpacked.stderr
+    # nor another split: samples held out so far could be trained on
+    resplit = speckit("train", cfg, "--resume", "--set", "data.eval_fraction=0.5")
+    assert resplit.returncode == 1 and "cannot resume" in resplit.stderr
+    assert "samples:" in resplit.stderr and "'eval_fraction': 0.5" in resplit.stderr
 
 
 def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_path, tiny_llama, tiny_store):
@@ -74,7 +78,7 @@ def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_pat
     cfg = train_config(draft={"arch": "eagle3", "num_layers": 2, "draft_vocab_size": 64,
                               "init": "target-last-layer", "moe": {"experts": 4, "top_k": 2},
                               "num_speculative_tokens": 4, **norms},
-                       precision="bf16")
+                       precision="bf16", proposer={"early_exit_threshold": 0.25})
     result = speckit("train", cfg)
     assert result.returncode == 0, result.stderr[-3000:]
     head = load_draft(tmp_path / "run" / "draft", target_dir=tiny_llama)
@@ -88,6 +92,7 @@ def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_pat
     answered = set(StoreReader(tiny_store).token_freq().nonzero().flatten().tolist())
     assert answered <= kept and 2 in kept  # every answer token, and the end-of-turn token
     assert head.config.speculators_kit.provenance["config"]["precision"] == "bf16"
+    assert head.config.speculators_kit.proposer.early_exit_threshold == 0.25  # the serving default
     assert ("emulated" in result.stderr) != native_bf16()  # forced bf16 on an AVX2 CPU is flagged
 
 

@@ -58,8 +58,9 @@ class ProposerSettings(BaseModel):
     draft's config.json (`speculators_kit.proposer`); `--additional-config` overrides them."""
 
     model_config = ConfigDict(extra="forbid")
-    # A request stops drafting at the first token whose draft probability is below this.
-    early_exit_threshold: float | None = Field(None, gt=0, lt=1)
+    # A request stops drafting at the first token whose draft probability is below this; 0 turns
+    # early exit off (so a serve-time override can turn off a draft's default, as a request can).
+    early_exit_threshold: float | None = Field(None, ge=0, lt=1)
     # Draft tokens proposed per engine step, whole batch; the most confident are kept.
     token_budget: int | None = Field(None, ge=1)
     # Draft tokens proposed per request per engine step.
@@ -69,7 +70,7 @@ class ProposerSettings(BaseModel):
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.early_exit_threshold, self.token_budget, self.request_budget))
+        return bool(self.early_exit_threshold) or self.token_budget is not None or self.request_budget is not None
 
 
 class KitSection(BaseModel):

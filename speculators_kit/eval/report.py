@@ -102,7 +102,7 @@ def markdown(s: dict) -> str:
                          f"{s[f'{prefix}greedy_identical']} |")
     if s.get("proposer_stats"):
         p = s["proposer_stats"]
-        settings = json.dumps(s["proposer"]) if s.get("proposer") else "the draft's config.json settings"
+        settings = json.dumps(s["proposer"]) if s.get("proposer") else "none set"
         lines += ["", f"Proposer ({settings}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short "
                       f"({p.get('drafts_empty', 0)} to nothing), "
                       f"{p['tokens_proposed']} tokens proposed, {p['tokens_saved_early_exit']} saved by early exit "

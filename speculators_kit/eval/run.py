@@ -41,8 +41,11 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
             "max_new_tokens": max_new_tokens, "seed": seed, "concurrency": concurrency, "k": k}
     runs = {"target_only": dict(base, speculative_config=None)}
     if draft:
-        runs["speculative"] = dict(base, draft=str(Path(draft).resolve()), speculative_config={
-            "method": method, "model": str(Path(draft).resolve()), "num_speculative_tokens": k})
+        # the digest makes a cached run stale once the draft at this path is retrained or its
+        # serving defaults (config.json) change
+        runs["speculative"] = dict(base, draft=str(Path(draft).resolve()), draft_digest=_digest(draft),
+                                   speculative_config={"method": method, "model": str(Path(draft).resolve()),
+                                                       "num_speculative_tokens": k})
         if proposer:
             runs["speculative"]["additional_config"] = {"speculators_kit": _proposer_settings(proposer, engine)}
     if baseline == "ngram":
@@ -55,7 +58,7 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     for name, spec in runs.items():
         log(f"eval: {name} on {len(items)} {prompts} prompts ({engine}, k={k}, T={temperature})")
         results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json")
-    settings = runs.get("speculative", {}).get("additional_config", {}).get("speculators_kit")
+    settings = _effective_settings(draft, runs.get("speculative", {}).get("additional_config", {}))
     summary = summarize(results, items, k=k, engine=engine, prompts=prompts, temperature=temperature,
                         proposer=settings,
                         draft=draft, target=target)
@@ -74,6 +77,25 @@ def _proposer_settings(proposer: dict, engine: str) -> dict:
         return ProposerSettings(**proposer).model_dump(exclude_none=True)
     except (ValidationError, TypeError) as e:
         raise SpecKitError(f"--proposer: {e}; known settings: {', '.join(ProposerSettings.model_fields)}") from None
+
+
+def _effective_settings(draft: str | None, additional: dict) -> dict | None:
+    """The proposer settings the draft run used (the draft's defaults under the overrides), when
+    any feature was on."""
+    from speculators_kit.core.config import ProposerSettings
+    from speculators_kit.core.format import read_config
+
+    if not draft:
+        return None
+    defaults = read_config(draft).speculators_kit.proposer.model_dump(exclude_none=True)
+    settings = ProposerSettings(**{**defaults, **additional.get("speculators_kit", {})})
+    return settings.model_dump(exclude_none=True) if settings.active else None
+
+
+def _digest(draft: str) -> str:
+    from speculators_kit.core.store import file_sha256
+
+    return ",".join(file_sha256(p)[:16] for p in sorted(Path(draft).iterdir()) if p.is_file())
 
 
 def _cached_run(engine: str, spec: dict, path: Path) -> dict:

@@ -48,6 +48,13 @@ def test_early_exit_from_the_drafts_config_drafts_less_at_identical_outputs(
     assert early["num_draft_tokens"] <= stats["tokens_proposed"]
     # Steps whose draft was cut to nothing still count as steps (vLLM's tau leaves them out).
     assert stats["drafts_empty"] > 0 and 1 <= early["tokens_per_step"] < early["tau"]
+    assert early["proposer"] == {"early_exit_threshold": 0.3, "log_interval_s": 30.0}
+    # The same path with the default removed is another draft: the cached run is not reused.
+    del config["speculators_kit"]["proposer"]
+    (draft / "config.json").write_text(json.dumps(config))
+    again = evaluate(str(smollm2), str(draft), "gsm8k", tmp_path / "eval", N, k=3, max_new_tokens=24,
+                     concurrency=8, log=print)
+    assert again["num_draft_tokens"] == fixed_k["num_draft_tokens"] and again["proposer"] is None
 
 
 def test_token_budget_is_never_exceeded_and_changes_no_output(smollm2, smollm2_trained, smollm2_baseline,

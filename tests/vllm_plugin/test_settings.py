@@ -31,6 +31,8 @@ def test_draft_defaults_then_serve_time_overrides(draft):
     s = resolve_settings(engine_config(draft, {"early_exit_threshold": 0.5, "request_budget": 2}))
     assert (s.early_exit_threshold, s.token_budget, s.request_budget) == (0.5, 16, 2)
     assert not resolve_settings(engine_config(draft.parent / "missing")).active
+    off = resolve_settings(engine_config(draft, {"early_exit_threshold": 0, "token_budget": None}))
+    assert off.early_exit_threshold == 0 and not off.active  # 0 turns the draft's default off
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -36,17 +36,21 @@ from speculators_kit.core.errors import SpecKitError
 # loss_on all (loss.tokens): the prompts are the target's own text here, and training on their
 # distributions too raised the full budget's MT-bench τ 2.16 -> 2.22 (7 of 8 categories) at
 # equal held-out τ; the small budget keeps the answer-only loss its published numbers used.
-# lead_in_samples: 2000 more questions opened by the general lead-ins (code, arithmetic,
-# science, writing tasks...) in a second store. At the same 1500 steps, MT-bench τ 2.20 -> 2.37
-# (math 2.13 -> 2.56, coding 1.87 -> 2.13, stem 1.96 -> 2.24) and 1.35x -> 1.54x / 1.63x (two
-# runs); ~25 min more datagen on a 2-core AVX-512 CPU (2026-12-01).
+# lead_in_stores: stores of questions opened by the general lead-ins (code, arithmetic, science,
+# writing tasks...), one seed each. The first 2000, at the same 1500 steps: MT-bench τ 2.20 ->
+# 2.37 (math 2.13 -> 2.56, coding 1.87 -> 2.13, stem 1.96 -> 2.24) and 1.35x -> 1.54x / 1.63x
+# (two runs); each store ~25 min of datagen on a 2-core AVX-512 CPU (2026-12-01). The second
+# 2000 came with 2000 steps (~2 passes over the data, as before).
+# early_exit: the draft's serving default (config.json). On 16 MT-bench questions with the
+# first lead-in draft, 1.47x at fixed k=5, 1.66x at 0.2, 1.69x at 0.4 (medians of 2 repeats):
+# verifying 1+5 tokens costs 1.24 target steps here, ~1+2 tokens 1.00.
 BUDGETS = {
     "small": {"samples": 450, "new_tokens": 128, "steps": 240, "tokens": 2048, "warmup": 20,
               "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,
               "eval_tokens": 128, "k": 3, "ngram": False},
-    "full": {"samples": 3000, "lead_in_samples": 2000, "new_tokens": 256, "steps": 1500, "tokens": 2048,
-             "warmup": 50, "lr": 1e-3, "init": "random", "loss_on": "all", "eval_prompts": 40,
-             "eval_tokens": 256, "k": 5, "ngram": True},
+    "full": {"samples": 3000, "lead_in_stores": (2000, 2000), "new_tokens": 256, "steps": 2000,
+             "tokens": 2048, "warmup": 50, "lr": 1e-3, "init": "random", "loss_on": "all",
+             "eval_prompts": 40, "eval_tokens": 256, "k": 5, "ngram": True, "early_exit": 0.3},
 }
 TARGET = "smollm2-135m-instruct"
 
@@ -56,16 +60,16 @@ def log(msg: str) -> None:
 
 
 def datagen_configs(out: Path, b: dict, gsm8k: str | None) -> dict[str, dict]:
-    """Suffix -> the datagen config of store{suffix}: the conversations and, for `full`, questions
-    opened by the general lead-ins (seed 1, so other questions than the first store's)."""
+    """Suffix -> the datagen config of store{suffix}: the conversations and, for `full`, stores of
+    questions opened by the general lead-ins (seeds 1, 2.., so other questions than the first store's)."""
     if gsm8k:
         stores = {"": {"source": "jsonl", "path": str(Path(gsm8k).resolve()), "prompt_field": "question",
                        "limit": b["samples"]}}
     else:
         stores = {"": {"source": "self", "limit": b["samples"], "seed": 0}}
-        if b.get("lead_in_samples"):
-            stores["-lead-ins"] = {"source": "self", "limit": b["lead_in_samples"], "seed": 1,
-                                   "lead_ins": "general"}
+        for i, n in enumerate(b.get("lead_in_stores", ()), 1):  # one seed each: other questions
+            stores["-lead-ins" + (f"-{i}" if i > 1 else "")] = {"source": "self", "limit": n, "seed": i,
+                                                                 "lead_ins": "general"}
     return {suffix: {"target": {"path": TARGET}, "data": {**data, "max_length": 1024},
                      "regenerate": {"enabled": True, "max_new_tokens": b["new_tokens"], "temperature": 0.0},
                      "capture": {"backend": "vllm", "layers": "auto", "dtype": "bf16", "batch_size": 64},
@@ -74,17 +78,20 @@ def datagen_configs(out: Path, b: dict, gsm8k: str | None) -> dict[str, dict]:
 
 
 def train_config(out: Path, b: dict, suffixes: list[str]) -> dict:
-    return {"target": {"path": TARGET},
-            "data": {"stores": [str(out / f"store{s}") for s in suffixes], "eval_fraction": 0.05,
-                     "max_length": 1024, "seed": 0},
-            "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": 8192,
-                      "init": b["init"], "num_speculative_tokens": b["k"]},
-            "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "uniform", "tokens": b["loss_on"]},
-            "optim": {"lr": b["lr"], "warmup_steps": b["warmup"]},
-            "train": {"max_steps": b["steps"], "micro_batch_tokens": b["tokens"],
-                      "eval_every": max(b["steps"] // 4, 1), "save_every": max(b["steps"] // 4, 1)},
-            "deepspeed": {"zero_stage": 2}, "precision": "auto", "output": {"dir": str(out / "train")},
-            "logging": {"tensorboard": True}}
+    cfg = {"target": {"path": TARGET},
+           "data": {"stores": [str(out / f"store{s}") for s in suffixes], "eval_fraction": 0.05,
+                    "max_length": 1024, "seed": 0},
+           "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": 8192,
+                     "init": b["init"], "num_speculative_tokens": b["k"]},
+           "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "uniform", "tokens": b["loss_on"]},
+           "optim": {"lr": b["lr"], "warmup_steps": b["warmup"]},
+           "train": {"max_steps": b["steps"], "micro_batch_tokens": b["tokens"],
+                     "eval_every": max(b["steps"] // 4, 1), "save_every": max(b["steps"] // 4, 1)},
+           "deepspeed": {"zero_stage": 2}, "precision": "auto", "output": {"dir": str(out / "train")},
+           "logging": {"tensorboard": True}}
+    if b.get("early_exit"):  # the draft's serving default, in its config.json
+        cfg["proposer"] = {"early_exit_threshold": b["early_exit"]}
+    return cfg
 
 
 def write_yaml(path: Path, data: dict, kind: str):

@@ -22,12 +22,12 @@ from speculators_kit.core.errors import SpecKitError
 # in fp32, 5 eval). Held-out τ of that run stopped rising by step 300 (1.42/1.59/1.66/1.66 at
 # 100-400), so 450 samples and 240 steps lose little (held-out 1.64, MT-bench τ 1.30 vs 1.34);
 # 240 samples and 150 steps gave a draft that slowed decoding to 0.79x. full: the README's
-# published numbers, ~2 h on the AVX-512 CPU (~65 min datagen, 24 min training, ~20 min eval);
-# ~5.5 h estimated on the AVX2-only one, where the 3000 questions without lead-ins took ~2 h of
-# datagen (17 min for the questions, ~4 min per 120 answered and captured conversations) and
-# 1500 steps at ~3.2 s ~1.3 h:
-# 6.7x the samples (11x with the lead-in store) at twice the answer length, 6.25x the training
-# steps, MT-bench at k=5 with the ngram baseline. Data, not steps, is what limits the draft
+# published numbers, ~2.5 h on the AVX-512 CPU (~90 min datagen, ~33 min training, ~20 min
+# eval); ~7 h estimated on the AVX2-only one, where the 3000 questions without lead-ins took
+# ~2 h of datagen (17 min for the questions, ~4 min per 120 answered and captured conversations)
+# and training steps ~3.2 s each:
+# 6.7x the samples (15.6x with the lead-in stores) at twice the answer length, 8.3x the
+# training steps, MT-bench at k=5 with the ngram baseline. Data, not steps, is what limits the draft
 # here: with 1200 samples, 7 passes over the store drove the training loss to 0.8 while the
 # held-out loss stayed at 2.1, so the budget buys samples (~3 passes; ~2 with the lead-ins).
 # init: a draft layer copied from the target's last layer leads for the first ~400 steps
@@ -40,7 +40,8 @@ from speculators_kit.core.errors import SpecKitError
 # writing tasks...), one seed each. The first 2000, at the same 1500 steps: MT-bench τ 2.20 ->
 # 2.37 (math 2.13 -> 2.56, coding 1.87 -> 2.13, stem 1.96 -> 2.24) and 1.35x -> 1.54x / 1.63x
 # (two runs); each store ~25 min of datagen on a 2-core AVX-512 CPU (2026-12-01). The second
-# 2000 came with 2000 steps (~2 passes over the data, as before).
+# 2000 came with 2000 steps (~2 passes over the data, as before): MT-bench τ at fixed k 2.37 ->
+# 2.55, up in all 8 categories, 1.52x (2026-12-01).
 # early_exit: the draft's serving default (config.json). On 16 MT-bench questions with the
 # first lead-in draft, 1.47x at fixed k=5, 1.66x at 0.2, 1.69x at 0.4 (medians of 2 repeats):
 # verifying 1+5 tokens costs 1.24 target steps here, ~1+2 tokens 1.00.

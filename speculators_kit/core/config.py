@@ -70,7 +70,8 @@ class ProposerSettings(BaseModel):
 
     @property
     def active(self) -> bool:
-        return bool(self.early_exit_threshold) or self.token_budget is not None or self.request_budget is not None
+        budgets = (self.token_budget, self.request_budget)
+        return bool(self.early_exit_threshold) or any(v is not None for v in budgets)
 
 
 class KitSection(BaseModel):

@@ -43,9 +43,9 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     if draft:
         # the digest makes a cached run stale once the draft at this path is retrained or its
         # serving defaults (config.json) change
-        runs["speculative"] = dict(base, draft=str(Path(draft).resolve()), draft_digest=_digest(draft),
-                                   speculative_config={"method": method, "model": str(Path(draft).resolve()),
-                                                       "num_speculative_tokens": k})
+        path = str(Path(draft).resolve())
+        runs["speculative"] = dict(base, draft=path, draft_digest=_digest(draft), speculative_config={
+            "method": method, "model": path, "num_speculative_tokens": k})
         if proposer:
             runs["speculative"]["additional_config"] = {"speculators_kit": _proposer_settings(proposer, engine)}
     if baseline == "ngram":

@@ -28,9 +28,9 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     from speculators_kit.target.embedded import resolve_target
 
     target_dir = resolve_target(target)
-    method = None
+    config = None
     if draft:
-        method = read_config(draft).arch  # eagle3 | eagle
+        config = read_config(draft)  # arch: eagle3 | eagle
         load_draft(draft, target_dir=target_dir)  # refuses a draft made for another target, clearly
     items = load_prompts(prompts, num_prompts)
     from speculators_kit.core.build import target_config
@@ -45,7 +45,7 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
         # serving defaults (config.json) change
         path = str(Path(draft).resolve())
         runs["speculative"] = dict(base, draft=path, draft_digest=_digest(draft), speculative_config={
-            "method": method, "model": path, "num_speculative_tokens": k})
+            "method": config.arch, "model": path, "num_speculative_tokens": k})
         if proposer:
             runs["speculative"]["additional_config"] = {"speculators_kit": _proposer_settings(proposer, engine)}
     if baseline == "ngram":
@@ -58,7 +58,7 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     for name, spec in runs.items():
         log(f"eval: {name} on {len(items)} {prompts} prompts ({engine}, k={k}, T={temperature})")
         results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json")
-    settings = _effective_settings(draft, runs.get("speculative", {}).get("additional_config", {}))
+    settings = _effective_settings(config, runs.get("speculative", {}).get("additional_config", {}))
     summary = summarize(results, items, k=k, engine=engine, prompts=prompts, temperature=temperature,
                         proposer=settings,
                         draft=draft, target=target)
@@ -79,15 +79,14 @@ def _proposer_settings(proposer: dict, engine: str) -> dict:
         raise SpecKitError(f"--proposer: {e}; known settings: {', '.join(ProposerSettings.model_fields)}") from None
 
 
-def _effective_settings(draft: str | None, additional: dict) -> dict | None:
-    """The proposer settings the draft run used (the draft's defaults under the overrides), when
-    any feature was on."""
+def _effective_settings(config, additional: dict) -> dict | None:
+    """The proposer settings the draft run used (the draft config's defaults under the
+    overrides, as the plugin merges them), when any feature was on."""
     from speculators_kit.core.config import ProposerSettings
-    from speculators_kit.core.format import read_config
 
-    if not draft:
+    if config is None:
         return None
-    defaults = read_config(draft).speculators_kit.proposer.model_dump(exclude_none=True)
+    defaults = config.speculators_kit.proposer.model_dump(exclude_none=True)
     settings = ProposerSettings(**{**defaults, **additional.get("speculators_kit", {})})
     return settings.model_dump(exclude_none=True) if settings.active else None
 

@@ -203,7 +203,7 @@ def _save(run: Run) -> None:
     state = {"step": run.step, "epoch": run.epoch, "pos": run.pos, "identity": run.identity,
              "config": run.cfg.model_dump(mode="json")}
     provenance = {"created_by": "speckit train", "config": state["config"],
-                  "stores": [str(Path(s).resolve()) for s in run.cfg.data.stores]}
+                  "stores": run.identity["samples"]["stores"]}
     ckpt = checkpoint.save(run.engine, run.module, run.target, run.out, run.step, state,
                            run.cfg.train.keep_last, provenance, run.cfg.proposer)
     if run.rank == 0:

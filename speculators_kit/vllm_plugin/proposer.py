@@ -6,10 +6,10 @@ and `eagle3` drive it. What it changes:
 - greedy draft tokens are the argmax of the draft's own (reduced) vocabulary, mapped through
   d2t, instead of vLLM's scatter into a full-vocabulary row of -inf first: same tokens (d2t is
   increasing, so the first maximum is the same one), one allocation and pass fewer per step;
-- with early exit or a budget configured (settings.py), it records the draft's confidence in
-  each token, stops the draft loop as soon as no later step could be proposed
-  (core/draft_budget.drafting_done), and hands the scheduler only the chosen prefix of each
-  request's draft (core/draft_budget.draft_lengths). The scheduler verifies a shorter draft like
+- with early exit or a budget configured (settings.py), or in a step where one request sets its
+  own early-exit threshold, it records the draft's confidence in each token, stops the draft loop
+  as soon as no later step could be proposed (core/draft_budget.drafting_done), and hands the
+  scheduler only the chosen prefix of each request's draft (core/draft_budget.draft_lengths). The scheduler verifies a shorter draft like
   any other, so outputs are unchanged.
 
 vLLM's draft loop is one long method; rather than copy it, the loop is left early by raising
@@ -28,7 +28,7 @@ from vllm.v1.spec_decode.eagle import EagleProposer
 
 from speculators_kit.core.draft_budget import draft_lengths, drafting_done
 from speculators_kit.vllm_plugin.proposer_stats import ProposerStats
-from speculators_kit.vllm_plugin.settings import request_threshold, resolve_settings
+from speculators_kit.vllm_plugin.settings import REQUEST_THRESHOLD_KEY, request_threshold, resolve_settings
 
 logger = init_logger("vllm.speculators_kit.proposer")
 
@@ -50,8 +50,10 @@ class SpeckitEagleProposer(EagleProposer, metaclass=_EagleFamily):
         super().__init__(vllm_config, device, runner)
         self.speckit_runner = runner  # request ids and sampling params of the batch rows
         self.speckit = resolve_settings(vllm_config)
-        if self.speckit.active and (self.use_local_argmax_reduction or self.use_heterogeneous_vocab
-                                    or self.parallel_drafting):
+        # Early exit and budgets cut a sequential draft; these vLLM modes draft another way.
+        self.speckit_fixed_only = bool(self.use_local_argmax_reduction or self.use_heterogeneous_vocab
+                                       or self.parallel_drafting)
+        if self.speckit.active and self.speckit_fixed_only:
             raise ValueError("speculators_kit: early exit and token budgets need sequential drafting "
                              "without use_local_argmax_reduction / use_heterogeneous_vocab; drop one")
         self.speckit_stats = ProposerStats(self.speckit.log_interval_s)
@@ -59,7 +61,9 @@ class SpeckitEagleProposer(EagleProposer, metaclass=_EagleFamily):
         self._thresholds: torch.Tensor | None = None
         self._last_conf: torch.Tensor | None = None
         self._proposal: tuple[list[str], list[int]] | None = None
-        if runner is not None and self.speckit.active:
+        self._warned_fixed_only = False
+        # Always: a request's own threshold can cut its draft even with no engine setting on.
+        if runner is not None and not self.speckit_fixed_only:
             _hand_over_prefixes(runner, self)
         if self.speckit.active:
             logger.info("speculators_kit proposer: %s", self.speckit.model_dump(exclude_none=True))
@@ -111,8 +115,27 @@ class SpeckitEagleProposer(EagleProposer, metaclass=_EagleFamily):
                   for r in self._request_ids(batch_size)]
         return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
 
+    def _a_request_asks(self) -> bool:
+        """Does a request in the batch set its own early-exit threshold? Then this step drafts with
+        early exit even though the engine has no setting on (requests without one draft k)."""
+        runner = self.speckit_runner
+        if runner is None:
+            return False
+        states = (runner.requests.get(r) for r in runner.input_batch.req_ids)
+        asks = any(request_threshold(getattr(state, "sampling_params", None), None) is not None
+                   for state in states)
+        if asks and self.speckit_fixed_only:
+            if not self._warned_fixed_only:
+                self._warned_fixed_only = True
+                logger.warning("speculators_kit: a request set %s, but this engine drafts with "
+                               "use_local_argmax_reduction / use_heterogeneous_vocab / parallel "
+                               "drafting, which early exit cannot cut; drafting k tokens",
+                               REQUEST_THRESHOLD_KEY)
+            return False
+        return asks
+
     def propose(self, num_speculative_tokens, *args, **kwargs):
-        if not self.speckit.active:
+        if not (self.speckit.active or self._a_request_asks()):
             return self._timed_fixed_k(num_speculative_tokens, *args, **kwargs)
         began = time.perf_counter()
         self._steps, self._thresholds = [], None

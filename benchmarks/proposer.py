@@ -4,8 +4,9 @@
         [--prompts 8] [--tokens 128] [--repeats 2] [--thresholds 0.3 0.6] [--no-stock] [--results proposer]
 
 Runs, side by side on the same prompts (GSM8K test by default), greedy: target-only; vLLM's own
-EAGLE proposer (SPECKIT_PLUGIN_PROPOSER=0) at k=5 (left out with --no-stock); ours at k=5
-(argmax over the draft's own vocabulary); ours at k=5 with early exit at each threshold. Per run:
+EAGLE proposer (SPECKIT_PLUGIN_PROPOSER=0) at k=5 (left out with --no-stock); ours at fixed k=5
+(argmax over the draft's own vocabulary; the draft's own proposer defaults turned off); ours at k=5
+with early exit at each threshold. Per run:
 - step / target: wall time of one engine step (draft + verify) over one target-only decode step;
 - draft / target: time inside the proposer per step (ours only: it times itself);
 - tokens / step: tokens per verification step, counting steps whose draft early exit cut to
@@ -33,10 +34,15 @@ from speculators_kit.eval.run import evaluate
 from speculators_kit.target.embedded import resolve_target
 
 
+# "ours" drafts k tokens every step, whatever defaults the draft's config.json carries
+# (a `--budget full` draft ships with early exit on).
+FIXED_K = {"early_exit_threshold": 0, "token_budget": None, "request_budget": None}
+
+
 def runs(args) -> list[tuple]:
     """(name, k, our proposer?, proposer settings) for every speculative run."""
     out = [("vLLM proposer", args.k, False, None)] if args.stock else []
-    out.append(("ours", args.k, True, None))
+    out.append(("ours", args.k, True, FIXED_K))
     return out + [(f"ours, early exit {t:g}", args.k, True, {"early_exit_threshold": t})
                   for t in args.thresholds]
 

@@ -73,8 +73,8 @@ def _proposer_settings(proposer: dict, engine: str) -> dict:
 
     if engine != "vllm":
         raise SpecKitError("--proposer settings need --engine vllm (they are the vLLM plugin's)")
-    try:
-        return ProposerSettings(**proposer).model_dump(exclude_none=True)
+    try:  # an explicit null stays: it turns off a budget the draft's config.json sets
+        return ProposerSettings(**proposer).model_dump(exclude_unset=True)
     except (ValidationError, TypeError) as e:
         raise SpecKitError(f"--proposer: {e}; known settings: {', '.join(ProposerSettings.model_fields)}") from None
 

@@ -9,8 +9,8 @@ and `eagle3` drive it. What it changes:
 - with early exit or a budget configured (settings.py), or in a step where one request sets its
   own early-exit threshold, it records the draft's confidence in each token, stops the draft loop
   as soon as no later step could be proposed (core/draft_budget.drafting_done), and hands the
-  scheduler only the chosen prefix of each request's draft (core/draft_budget.draft_lengths). The scheduler verifies a shorter draft like
-  any other, so outputs are unchanged.
+  scheduler only the chosen prefix of each request's draft (core/draft_budget.draft_lengths).
+  The scheduler verifies a shorter draft like any other, so outputs are unchanged.
 
 vLLM's draft loop is one long method; rather than copy it, the loop is left early by raising
 from the per-step sampling hook, which vLLM calls outside any forward context.

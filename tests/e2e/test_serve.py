@@ -2,7 +2,8 @@
 completions and chat answer, 32 concurrent chats all complete with the target-only text, and
 /metrics reports acceptance and the early-exit counters. The engine has no early-exit setting on
 (--additional-config sets only the log interval): half the chats ask for early exit themselves,
-one request sets 0 (off), one asks for an invalid threshold. Binds 127.0.0.1 only; stopped by its process group id."""
+one request sets 0 (off), one asks for an invalid threshold. Binds 127.0.0.1 only; stopped by
+its process group id."""
 
 import json
 import os

@@ -109,21 +109,22 @@ class SpeckitEagleProposer(EagleProposer, metaclass=_EagleFamily):
     def _request_ids(self, batch_size: int) -> list[str]:
         return list(self.speckit_runner.input_batch.req_ids[:batch_size])
 
+    def _thresholds_of(self, req_ids, default: float | None) -> list[float | None]:
+        """Each request's early-exit threshold (its own, else `default`); None: no early exit."""
+        requests = self.speckit_runner.requests
+        return [request_threshold(getattr(requests.get(r), "sampling_params", None), default)
+                for r in req_ids]
+
     def _request_thresholds(self, batch_size: int) -> torch.Tensor:
-        default = self.speckit.early_exit_threshold
-        values = [request_threshold(self.speckit_runner.requests[r].sampling_params, default)
-                  for r in self._request_ids(batch_size)]
+        values = self._thresholds_of(self._request_ids(batch_size), self.speckit.early_exit_threshold)
         return torch.tensor([math.nan if v is None else v for v in values], dtype=torch.float32)
 
     def _a_request_asks(self) -> bool:
         """Does a request in the batch set its own early-exit threshold? Then this step drafts with
         early exit even though the engine has no setting on (requests without one draft k)."""
-        runner = self.speckit_runner
-        if runner is None:
+        if self.speckit_runner is None:
             return False
-        states = (runner.requests.get(r) for r in runner.input_batch.req_ids)
-        asks = any(request_threshold(getattr(state, "sampling_params", None), None) is not None
-                   for state in states)
+        asks = any(v is not None for v in self._thresholds_of(self.speckit_runner.input_batch.req_ids, None))
         if asks and self.speckit_fixed_only:
             if not self._warned_fixed_only:
                 self._warned_fixed_only = True

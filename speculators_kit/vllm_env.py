@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from speculators_kit import cpu_runtime
+
 CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default asks for most of the RAM and fails
     "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",  # let vLLM use every core (it reserves one by default)
@@ -11,6 +13,8 @@ CPU_ENV = {
 
 
 def set_cpu_defaults(offline: bool = True) -> None:
-    """Set the CPU defaults (and HF_HUB_OFFLINE for offline jobs) unless the user set them."""
+    """Set the CPU defaults (and HF_HUB_OFFLINE for offline jobs) unless the user set them, and
+    preload tcmalloc and Intel OpenMP into the engine processes vLLM spawns from here on."""
     for key, value in {**CPU_ENV, **({"HF_HUB_OFFLINE": "1"} if offline else {})}.items():
         os.environ.setdefault(key, value)
+    cpu_runtime.preload(os.environ)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-from speculators_kit import procs
+from speculators_kit import cpu_runtime, procs
 
 
 def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hostfile: str | None) -> int:
@@ -33,6 +33,8 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores
     env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    if not _has_cuda():
+        cpu_runtime.preload(env)  # the ranks start here: speckit's own process may lack it
     return procs.call(cmd, env=env)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from speculators_kit import cpu_runtime
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.train import checkpoint, data
 from speculators_kit.train.acceptance import tau_from_stats
@@ -86,6 +87,8 @@ def _threads_note(world: int) -> str:
         return ""
     threads, cores = torch.get_num_threads(), os.cpu_count() or 1
     note = f", {threads} CPU thread(s) per process"
+    runtime = cpu_runtime.loaded()
+    note += f" with {' and '.join(runtime)}" if runtime else ""
     if threads * world < cores and os.environ.get("OMP_NUM_THREADS"):
         note += f" (OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} leaves {cores - threads * world} of {cores} cores idle)"
     return note

@@ -2,11 +2,13 @@
 same curve, checkpoints load as drafts, bad configs fail with one clear line."""
 
 import json
+import os
 import shutil
 
 import pytest
 import yaml
 
+from speculators_kit.cpu_runtime import find_iomp, find_tcmalloc
 from speculators_kit.train.ds import native_bf16
 from tests.train.conftest import losses, speckit
 
@@ -42,6 +44,10 @@ def test_resume_continues_the_same_curve(train_config, tmp_path):
     cfg = train_config(data={"packing": True})
     full = speckit("train", cfg)
     assert full.returncode == 0, full.stderr[-3000:]
+    if os.environ.get("SPECKIT_CPU_PRELOAD") != "0":  # the CLI restarted itself with what it finds
+        found = [name for lib, name in ((find_tcmalloc(), "tcmalloc"), (find_iomp(), "Intel OpenMP")) if lib]
+        if found:
+            assert f"per process with {' and '.join(found)}" in full.stderr, full.stderr[-3000:]
     uninterrupted = losses(tmp_path / "run")
     ckpts = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-00000003", "step-00000006"]

@@ -51,6 +51,7 @@ def test_trained_draft_is_lossless_and_accepted(smollm2, smollm2_trained, tmp_pa
     assert "Speculative decoding on CPU without Intel OpenMP" not in log
     if find_tcmalloc():
         assert "libtcmalloc is not found in LD_PRELOAD" not in log
+    assert "libiomp5.so" in json.loads((tmp_path / "eval" / "results.json").read_text())["versions"]["ld_preload"]
 
 
 def test_moe_draft_runs_through_the_plugin_in_spawned_processes(smollm2, tmp_path, baseline, monkeypatch):

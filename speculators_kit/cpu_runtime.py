@@ -23,13 +23,13 @@ from pathlib import Path
 SWITCH = "SPECKIT_CPU_PRELOAD"
 ALLOCATORS = ("libtcmalloc", "libjemalloc")
 OPENMP_RUNTIMES = ("libiomp", "libgomp", "libomp")
-SYSTEM_LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
-                   "/usr/local/lib")
+SYSTEM_LIB_DIRS = ("/usr/lib/*-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")  # glob patterns
 
 
 def preload(env: MutableMapping[str, str]) -> None:
-    """Put tcmalloc and Intel OpenMP into env's LD_PRELOAD where this machine has them."""
-    if env.get(SWITCH, "1") == "0" or platform.system() != "Linux":
+    """Put tcmalloc and Intel OpenMP into env's LD_PRELOAD where this machine has them and runs
+    CPU builds (a GPU machine's vLLM is left as it is)."""
+    if env.get(SWITCH, "1") == "0" or platform.system() != "Linux" or not _cpu_build():
         return
     iomp = find_iomp() if platform.machine() in ("x86_64", "AMD64") else None
     value = with_fast_runtime(env.get("LD_PRELOAD", ""), find_tcmalloc(), iomp)
@@ -38,10 +38,8 @@ def preload(env: MutableMapping[str, str]) -> None:
 
 
 def reexec_argv() -> tuple[list[str], dict[str, str]] | None:
-    """The command and environment to run `speckit` again with, when a CPU build of torch runs
-    here and LD_PRELOAD lacks what `preload` would add; else None."""
-    if not _cpu_build():
-        return None
+    """The command and environment to run `speckit` again with, when LD_PRELOAD lacks what
+    `preload` would add; else None."""
     env = dict(os.environ)
     preload(env)
     if env.get("LD_PRELOAD", "") == os.environ.get("LD_PRELOAD", ""):

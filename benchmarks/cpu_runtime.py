@@ -46,16 +46,23 @@ def runtimes() -> dict[str, dict]:
             "tcmalloc, Intel OpenMP (speckit's default)": {"SPECKIT_CPU_PRELOAD": "1", "LD_PRELOAD": ""}}
 
 
+def _speckit(args: list[str], changes: dict) -> None:
+    """`speckit ARGS` in a fresh process whose environment has only this runtime's preloading
+    (and all of the machine's cores: no leftover OMP_NUM_THREADS)."""
+    drop = ("LD_PRELOAD", "SPECKIT_CPU_PRELOAD", "OMP_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update({k: v for k, v in changes.items() if v}, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu")
+    proc = subprocess.run([sys.executable, "-m", "speculators_kit.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"speckit {args[0]} failed under {changes}:\n{proc.stderr[-3000:]}")
+
+
 def eval_under(changes: dict, out: Path, a) -> tuple[dict, dict]:
     """One `speckit eval` in a clean process: its results and its outputs per run."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "SPECKIT_CPU_PRELOAD")}
-    env.update({k: v for k, v in changes.items() if v}, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "speculators_kit.cli", "eval", "--target", a.target, "--draft", a.draft,
-           "--prompts", a.prompt_set, "--num-prompts", str(a.prompts), "--k", str(a.k),
-           "--max-new-tokens", str(a.tokens), "--proposer", FIXED_K, "--out", str(out)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"speckit eval failed under {changes}:\n{proc.stderr[-3000:]}")
+    _speckit(["eval", "--target", a.target, "--draft", a.draft, "--prompts", a.prompt_set,
+              "--num-prompts", str(a.prompts), "--k", str(a.k), "--max-new-tokens", str(a.tokens),
+              "--proposer", FIXED_K, "--out", str(out)], changes)
     outputs = {run: json.loads((out / "runs" / f"{run}.json").read_text())["result"]["outputs"]
                for run in ("target_only", "speculative")}
     return json.loads((out / "results.json").read_text()), outputs
@@ -63,16 +70,10 @@ def eval_under(changes: dict, out: Path, a) -> tuple[dict, dict]:
 
 def train_under(changes: dict, out: Path, a) -> tuple[float, list[float]]:
     """A short training in a clean process: median s/step from step 20 on, and its losses."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "SPECKIT_CPU_PRELOAD", "OMP_NUM_THREADS")}
-    env.update({k: v for k, v in changes.items() if v}, HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu")
     sets = {"output.dir": out, "train.max_steps": a.train_steps, "train.eval_every": 10**6,
             "train.save_every": 10**6, "logging.tensorboard": "false"}
-    cmd = [sys.executable, "-m", "speculators_kit.cli", "train", a.train_config]
-    for key, value in sets.items():
-        cmd += ["--set", f"{key}={value}"]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        sys.exit(f"speckit train failed under {changes}:\n{proc.stderr[-3000:]}")
+    _speckit(["train", a.train_config, *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]],
+             changes)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step_s"' in line]
     return statistics.median(r["step_s"] for r in rows if r["step"] >= 20), [r["loss"] for r in rows]
 

@@ -56,10 +56,15 @@ def loaded() -> list[str]:
     return [name for lib, name in (("libtcmalloc", "tcmalloc"), ("libiomp5", "Intel OpenMP")) if lib in maps]
 
 
+def preload_entries(value: str) -> list[str]:
+    """The libraries an LD_PRELOAD value names (ld.so splits on colons and spaces)."""
+    return [e for e in value.replace(" ", ":").split(":") if e]
+
+
 def with_fast_runtime(current: str, tcmalloc: str | None, iomp: str | None) -> str:
     """LD_PRELOAD with tcmalloc and Intel OpenMP put first, each unless one of its kind is named:
     a runtime the user preloads stays (vLLM refuses GNU and Intel OpenMP together)."""
-    entries = [e for e in current.replace(" ", ":").split(":") if e]
+    entries = preload_entries(current)
     names = " ".join(os.path.basename(e) for e in entries)
     added = [lib for lib, kinds in ((tcmalloc, ALLOCATORS), (iomp, OPENMP_RUNTIMES))
              if lib and not any(kind in names for kind in kinds)]

@@ -81,8 +81,10 @@ def run(spec: dict) -> dict:
     import torch
     import vllm
 
+    from speculators_kit.cpu_runtime import preload_entries
+
     # what the engine's processes started with: ours (cpu_runtime) or, when none was set, vLLM's own
-    preload = [os.path.basename(p) for p in os.environ.get("LD_PRELOAD", "").replace(" ", ":").split(":") if p]
+    preload = [os.path.basename(p) for p in preload_entries(os.environ.get("LD_PRELOAD", ""))]
     result = {"outputs": outputs, "per_category": per_category,
               "versions": {"vllm": vllm.__version__, "torch": torch.__version__, "ld_preload": preload}}
     if stats.is_file():

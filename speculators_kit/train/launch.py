@@ -32,8 +32,9 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
         cmd.append("--resume")
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # N processes share the cores
-    env.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
-    if not _has_cuda():
+    cuda = _has_cuda()
+    env.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
+    if not cuda:
         cpu_runtime.preload(env)  # the ranks start here: speckit's own process may lack it
     return procs.call(cmd, env=env)
 

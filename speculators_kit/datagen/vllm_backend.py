@@ -56,11 +56,13 @@ class VLLMCapture:
                 llm.llm_engine.engine_core.shutdown()
         self.llm = self._plain = None
 
-    def _params(self, max_tokens: int, temperature: float, seed: int, kv: dict):
+    def _params(self, max_tokens: int, temperature: float, seed: int, kv: dict | None):
         from vllm import SamplingParams
 
+        # kv only for the capture engine: the plain one has no connector, and vLLM logs a warning
+        # for every request that carries kv_transfer_params there (thousands per store)
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
-                              detokenize=False, extra_args={"kv_transfer_params": kv})
+                              detokenize=False, extra_args={"kv_transfer_params": kv} if kv else None)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int | list[int], temperature: float,
                  seeds: list[int]) -> list[list[int]]:
@@ -80,7 +82,8 @@ class VLLMCapture:
                 self._plain = LLM(**self._engine_args, enable_chunked_prefill=False)
             llm = self._plain
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
-        params = [self._params(b, temperature, s, {"speckit_skip": True}) for b, s in zip(budgets, seeds)]
+        kv = {"speckit_skip": True} if llm is self.llm else None  # the connector writes nothing for it
+        params = [self._params(b, temperature, s, kv) for b, s in zip(budgets, seeds)]
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs]
 

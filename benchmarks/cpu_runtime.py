@@ -72,8 +72,10 @@ def train_under(changes: dict, out: Path, a) -> tuple[float, list[float]]:
     """A short training in a clean process: median s/step from step 20 on, and its losses."""
     sets = {"output.dir": out, "train.max_steps": a.train_steps, "train.eval_every": 10**6,
             "train.save_every": 10**6, "logging.tensorboard": "false"}
-    _speckit(["train", a.train_config, *[arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]],
-             changes)
+    args = ["train", a.train_config]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    _speckit(args, changes)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"step_s"' in line]
     return statistics.median(r["step_s"] for r in rows if r["step"] >= 20), [r["loss"] for r in rows]
 

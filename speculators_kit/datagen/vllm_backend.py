@@ -59,8 +59,6 @@ class VLLMCapture:
     def _params(self, max_tokens: int, temperature: float, seed: int, kv: dict | None):
         from vllm import SamplingParams
 
-        # kv only for the capture engine: the plain one has no connector, and vLLM logs a warning
-        # for every request that carries kv_transfer_params there (thousands per store)
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed,
                               detokenize=False, extra_args={"kv_transfer_params": kv} if kv else None)
 
@@ -82,7 +80,9 @@ class VLLMCapture:
                 self._plain = LLM(**self._engine_args, enable_chunked_prefill=False)
             llm = self._plain
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
-        kv = {"speckit_skip": True} if llm is self.llm else None  # the connector writes nothing for it
+        # the capture engine's connector is told to write nothing; the plain engine has no connector,
+        # and vLLM warns once per request that carries kv_transfer_params there (thousands per store)
+        kv = {"speckit_skip": True} if llm is self.llm else None
         params = [self._params(b, temperature, s, kv) for b, s in zip(budgets, seeds)]
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs]

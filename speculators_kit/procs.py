@@ -4,7 +4,8 @@ vLLM's engine core and workers (under `speckit eval`) and DeepSpeed's ranks (und
 train --nproc N`) are grandchildren of speckit. `subprocess.call` kills only the child when
 speckit is interrupted, which left the engine computing on as an orphan that slowed every
 later measurement on the machine. Here the child leads its own process group and the whole
-group goes.
+group goes, also when speckit itself is SIGKILLed (the OOM killer, a CI timeout, `kill -9`):
+then no code of speckit's runs, so a small guard process watches it and kills the group.
 """
 
 from __future__ import annotations
@@ -13,15 +14,33 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
+
+# Reparenting, not kill(pid, 0), tells the guard that speckit died: a killed speckit stays a
+# zombie, which kill(pid, 0) still finds, until its own parent reaps it.
+_GUARD = """import os, signal, sys, time
+parent, group = int(sys.argv[1]), int(sys.argv[2])
+while os.getppid() == parent:
+    time.sleep(0.5)
+try:
+    os.killpg(group, signal.SIGKILL)
+except ProcessLookupError:
+    pass
+"""
 
 
 def call(cmd: list[str], **kwargs) -> int:
     """subprocess.call; on Ctrl-C, SIGTERM (the CLI turns it into SystemExit) or any error,
     and after the child exits, whatever is left of its process group is killed."""
     proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    # Its own session, so Ctrl-C in the terminal does not reach it (nor print its traceback).
+    guard = subprocess.Popen([sys.executable, "-I", "-c", _GUARD, str(os.getpid()), str(proc.pid)],
+                             start_new_session=True, stdin=subprocess.DEVNULL)
     try:
         return proc.wait()
     finally:
+        guard.kill()
+        guard.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -1,5 +1,5 @@
 """`speckit` killed while a child runs: the child's own children (vLLM's engine and workers,
-DeepSpeed's ranks) go too."""
+DeepSpeed's ranks) go too, even when speckit gets no chance to clean up (SIGKILL)."""
 
 import contextlib
 import os
@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from speculators_kit.procs import call
 
 CHILD = ("import subprocess, sys, time; "
          "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
@@ -33,7 +35,10 @@ def wait_for(predicate, seconds: float) -> bool:
     return predicate()
 
 
-@pytest.mark.parametrize("how", ["sigterm", "sigint"])
+SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigkill": signal.SIGKILL}
+
+
+@pytest.mark.parametrize("how", list(SIGNALS))
 def test_killing_speckit_ends_the_grandchildren(tmp_path, how):
     pid_file = tmp_path / "grandchild.pid"
     parent = subprocess.Popen([sys.executable, "-c", (
@@ -46,7 +51,7 @@ def test_killing_speckit_ends_the_grandchildren(tmp_path, how):
         assert wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 30)
         grandchild = int(pid_file.read_text())
         assert alive(grandchild)
-        parent.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
+        parent.send_signal(SIGNALS[how])
         assert parent.wait(timeout=30) != 0
         assert wait_for(lambda: not alive(grandchild), 10), "the grandchild outlived speckit"
     finally:
@@ -54,3 +59,18 @@ def test_killing_speckit_ends_the_grandchildren(tmp_path, how):
         if pid_file.is_file() and pid_file.read_text():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def children() -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.add(int(stat.parent.name))
+    return found
+
+
+def test_a_finished_child_leaves_no_process_behind():
+    before = children()
+    assert call([sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
+    assert children() <= before, "the guard (or the child) outlived call()"

@@ -15,18 +15,7 @@ import os
 import signal
 import subprocess
 import sys
-
-# Reparenting, not kill(pid, 0), tells the guard that speckit died: a killed speckit stays a
-# zombie, which kill(pid, 0) still finds, until its own parent reaps it.
-_GUARD = """import os, signal, sys, time
-parent, group = int(sys.argv[1]), int(sys.argv[2])
-while os.getppid() == parent:
-    time.sleep(0.5)
-try:
-    os.killpg(group, signal.SIGKILL)
-except ProcessLookupError:
-    pass
-"""
+import time
 
 
 def call(cmd: list[str], **kwargs) -> int:
@@ -34,7 +23,7 @@ def call(cmd: list[str], **kwargs) -> int:
     and after the child exits, whatever is left of its process group is killed."""
     proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
     # Its own session, so Ctrl-C in the terminal does not reach it (nor print its traceback).
-    guard = subprocess.Popen([sys.executable, "-I", "-c", _GUARD, str(os.getpid()), str(proc.pid)],
+    guard = subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid()), str(proc.pid)],
                              start_new_session=True, stdin=subprocess.DEVNULL)
     try:
         return proc.wait()
@@ -44,3 +33,16 @@ def call(cmd: list[str], **kwargs) -> int:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def _guard(parent: int, group: int) -> None:
+    """Kill the group once `parent` dies. Reparenting, not kill(parent, 0), tells: a killed
+    speckit stays a zombie, which kill(pid, 0) still finds, until its own parent reaps it."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    _guard(int(sys.argv[1]), int(sys.argv[2]))

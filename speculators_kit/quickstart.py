@@ -44,6 +44,8 @@ from speculators_kit.core.errors import SpecKitError
 # 2.55, up in all 8 categories, 1.52x (2026-12-01). A third, 1000 questions with data.turns 2 (their
 # second turns too, 814k tokens, 47 min of datagen), at the same 2000 steps: 2.56, so not added;
 # nor a second draft layer (draft.num_layers 2, the three stores, 2000 steps: 2.52, 2026-12-02).
+# More steps are the lever left: the four stores at 3000 steps gave 2.72 (held-out 2.95, still
+# rising), measured as an experiment, not yet as this budget's whole run (2026-12-02).
 # early_exit: the draft's serving default (config.json). On 16 MT-bench questions with the
 # first lead-in draft, 1.47x at fixed k=5, 1.66x at 0.2, 1.69x at 0.4 (medians of 2 repeats):
 # verifying 1+5 tokens costs 1.24 target steps here, ~1+2 tokens 1.00.

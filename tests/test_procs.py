@@ -18,12 +18,18 @@ CHILD = ("import subprocess, sys, time; "
          "open(sys.argv[1], 'w').write(str(p.pid)); time.sleep(120)")
 
 
+def stat(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after the command name (state, ppid, ...); None once the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def alive(pid: int) -> bool:
     """Running, not a zombie waiting for a dead parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    fields = stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def wait_for(predicate, seconds: float) -> bool:
@@ -62,12 +68,8 @@ def test_killing_speckit_ends_the_grandchildren(tmp_path, how):
 
 
 def children() -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                found.add(int(stat.parent.name))
-    return found
+    pids = (int(p.name) for p in Path("/proc").glob("[0-9]*"))
+    return {pid for pid in pids if (fields := stat(pid)) is not None and int(fields[1]) == os.getpid()}
 
 
 def test_a_finished_child_leaves_no_process_behind():

@@ -44,8 +44,9 @@ from speculators_kit.core.errors import SpecKitError
 # 2.55, up in all 8 categories, 1.52x (2026-12-01). A third, 1000 questions with data.turns 2 (their
 # second turns too, 814k tokens, 47 min of datagen), at the same 2000 steps: 2.56, so not added;
 # nor a second draft layer (draft.num_layers 2, the three stores, 2000 steps: 2.52, 2026-12-02).
-# More steps are the lever left: the four stores at 3000 steps gave 2.72 (held-out 2.95, still
-# rising), measured as an experiment, not yet as this budget's whole run (2026-12-02).
+# More steps were the lever left: the four stores at 3000 steps gave 2.72 (held-out 2.82 / 2.92 /
+# 2.95 at steps 2000 / 2500 / 3000, still rising), so the budget now takes the third store and
+# 4000 steps (~2.3 passes over its 2.5M tokens, ~1 h of training on the AVX-512 CPU, 2026-12-02).
 # early_exit: the draft's serving default (config.json). On 16 MT-bench questions with the
 # first lead-in draft, 1.47x at fixed k=5, 1.66x at 0.2, 1.69x at 0.4 (medians of 2 repeats):
 # verifying 1+5 tokens costs 1.24 target steps here, ~1+2 tokens 1.00.
@@ -53,7 +54,7 @@ BUDGETS = {
     "small": {"samples": 450, "new_tokens": 128, "steps": 240, "tokens": 2048, "warmup": 20,
               "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,
               "eval_tokens": 128, "k": 3, "ngram": False},
-    "full": {"samples": 3000, "lead_in_stores": (2000, 2000), "new_tokens": 256, "steps": 2000,
+    "full": {"samples": 3000, "lead_in_stores": ((2000, 1), (2000, 1), (1000, 2)), "new_tokens": 256, "steps": 4000,
              "tokens": 2048, "warmup": 50, "lr": 1e-3, "init": "random", "loss_on": "all",
              "eval_prompts": 40, "eval_tokens": 256, "k": 5, "ngram": True, "early_exit": 0.3},
 }
@@ -66,15 +67,17 @@ def log(msg: str) -> None:
 
 def datagen_configs(out: Path, b: dict, gsm8k: str | None) -> dict[str, dict]:
     """Suffix -> the datagen config of store{suffix}: the conversations and, for `full`, stores of
-    questions opened by the general lead-ins (seeds 1, 2.., so other questions than the first store's)."""
+    questions opened by the general lead-ins (seeds 1, 2.., so other questions than the first store's),
+    each (questions, turns per conversation)."""
     if gsm8k:
         stores = {"": {"source": "jsonl", "path": str(Path(gsm8k).resolve()), "prompt_field": "question",
                        "limit": b["samples"]}}
     else:
         stores = {"": {"source": "self", "limit": b["samples"], "seed": 0}}
-        for i, n in enumerate(b.get("lead_in_stores", ()), 1):  # one seed each: other questions
+        for i, (n, turns) in enumerate(b.get("lead_in_stores", ()), 1):  # one seed each: other questions
+            more = {"turns": turns} if turns > 1 else {}  # a one-turn store's config stays as it was
             stores["-lead-ins" + (f"-{i}" if i > 1 else "")] = {"source": "self", "limit": n, "seed": i,
-                                                                 "lead_ins": "general"}
+                                                                 **more, "lead_ins": "general"}
     return {suffix: {"target": {"path": TARGET}, "data": {**data, "max_length": 1024},
                      "regenerate": {"enabled": True, "max_new_tokens": b["new_tokens"], "temperature": 0.0},
                      "capture": {"backend": "vllm", "layers": "auto", "dtype": "bf16", "batch_size": 64},

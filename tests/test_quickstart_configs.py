@@ -19,7 +19,8 @@ def test_quickstart_configs_are_valid_and_train_on_every_store(tmp_path, budget,
     if gsm8k:  # GSM8K alone: the lead-in questions are for self-made conversations
         assert [d["source"] for d in sources] == ["jsonl"]
     else:
-        assert sum(d.get("lead_ins") == "general" for d in sources) == len(b.get("lead_in_stores", ()))
+        lead_ins = [d for d in sources if d.get("lead_ins") == "general"]
+        assert [(d["limit"], d.get("turns", 1)) for d in lead_ins] == list(b.get("lead_in_stores", ()))
         assert len({d["seed"] for d in sources}) == len(sources)  # other questions in each store
 
 

@@ -22,14 +22,14 @@ from speculators_kit.core.errors import SpecKitError
 # in fp32, 5 eval). Held-out τ of that run stopped rising by step 300 (1.42/1.59/1.66/1.66 at
 # 100-400), so 450 samples and 240 steps lose little (held-out 1.64, MT-bench τ 1.30 vs 1.34);
 # 240 samples and 150 steps gave a draft that slowed decoding to 0.79x. full: the README's
-# published numbers, ~2.5 h on the AVX-512 CPU (~90 min datagen, ~33 min training, ~20 min
-# eval); ~7 h estimated on the AVX2-only one, where the 3000 questions without lead-ins took
-# ~2 h of datagen (17 min for the questions, ~4 min per 120 answered and captured conversations)
-# and training steps ~3.2 s each:
-# 6.7x the samples (15.6x with the lead-in stores) at twice the answer length, 8.3x the
+# published numbers, ~4 h on the AVX-512 CPU (~2.3 h datagen, ~64 min training, ~24 min eval);
+# ~11 h estimated on the AVX2-only one, where the 3000 questions without lead-ins took ~2 h of
+# datagen (17 min for the questions, ~4 min per 120 answered and captured conversations) and
+# training steps ~3.2 s each:
+# 6.7x the samples (20x with the lead-in stores) at twice the answer length, 16.7x the
 # training steps, MT-bench at k=5 with the ngram baseline. Data, not steps, is what limits the draft
 # here: with 1200 samples, 7 passes over the store drove the training loss to 0.8 while the
-# held-out loss stayed at 2.1, so the budget buys samples (~3 passes; ~2 with the lead-ins).
+# held-out loss stayed at 2.1, so the budget buys samples (~3 passes over them).
 # init: a draft layer copied from the target's last layer leads for the first ~400 steps
 # (held-out τ 1.99 vs 1.89 at step 375 of the full budget); a random one wins by the end
 # (3.10 vs 2.88 at step 1500).
@@ -42,11 +42,13 @@ from speculators_kit.core.errors import SpecKitError
 # (two runs); each store ~25 min of datagen on a 2-core AVX-512 CPU (2026-12-01). The second
 # 2000 came with 2000 steps (~2 passes over the data, as before): MT-bench τ at fixed k 2.37 ->
 # 2.55, up in all 8 categories, 1.52x (2026-12-01). A third, 1000 questions with data.turns 2 (their
-# second turns too, 814k tokens, 47 min of datagen), at the same 2000 steps: 2.56, so not added;
-# nor a second draft layer (draft.num_layers 2, the three stores, 2000 steps: 2.52, 2026-12-02).
+# second turns too, 814k tokens, 47 min of datagen), at the same 2000 steps: 2.56, no gain at
+# that step count; nor a second draft layer (draft.num_layers 2, the three stores, 2000 steps:
+# 2.52, 2026-12-02).
 # More steps were the lever left: the four stores at 3000 steps gave 2.72 (held-out 2.82 / 2.92 /
 # 2.95 at steps 2000 / 2500 / 3000, still rising), so the budget now takes the third store and
-# 4000 steps (~2.3 passes over its 2.5M tokens, ~1 h of training on the AVX-512 CPU, 2026-12-02).
+# 4000 steps (~3 passes over its 2.6M tokens): held-out τ 3.05, MT-bench τ 2.81 at fixed k,
+# 1.63x as served with early exit, ngram 1.38x in that run (2026-12-02).
 # early_exit: the draft's serving default (config.json). On 16 MT-bench questions with the
 # first lead-in draft, 1.47x at fixed k=5, 1.66x at 0.2, 1.69x at 0.4 (medians of 2 repeats):
 # verifying 1+5 tokens costs 1.24 target steps here, ~1+2 tokens 1.00.

@@ -77,9 +77,8 @@ def datagen_configs(out: Path, b: dict, gsm8k: str | None) -> dict[str, dict]:
     else:
         stores = {"": {"source": "self", "limit": b["samples"], "seed": 0}}
         for i, (n, turns) in enumerate(b.get("lead_in_stores", ()), 1):  # one seed each: other questions
-            more = {"turns": turns} if turns > 1 else {}  # a one-turn store's config stays as it was
             stores["-lead-ins" + (f"-{i}" if i > 1 else "")] = {"source": "self", "limit": n, "seed": i,
-                                                                 **more, "lead_ins": "general"}
+                                                                 "turns": turns, "lead_ins": "general"}
     return {suffix: {"target": {"path": TARGET}, "data": {**data, "max_length": 1024},
                      "regenerate": {"enabled": True, "max_new_tokens": b["new_tokens"], "temperature": 0.0},
                      "capture": {"backend": "vllm", "layers": "auto", "dtype": "bf16", "batch_size": 64},

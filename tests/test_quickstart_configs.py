@@ -20,7 +20,7 @@ def test_quickstart_configs_are_valid_and_train_on_every_store(tmp_path, budget,
         assert [d["source"] for d in sources] == ["jsonl"]
     else:
         lead_ins = [d for d in sources if d.get("lead_ins") == "general"]
-        assert [(d["limit"], d.get("turns", 1)) for d in lead_ins] == list(b.get("lead_in_stores", ()))
+        assert [(d["limit"], d["turns"]) for d in lead_ins] == list(b.get("lead_in_stores", ()))
         assert len({d["seed"] for d in sources}) == len(sources)  # other questions in each store
 
 

@@ -58,7 +58,7 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     for name, spec in runs.items():
         log(f"eval: {name} on {len(items)} {prompts} prompts ({engine}, k={k}, T={temperature})")
         results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json")
-    settings = _effective_settings(config, runs.get("speculative", {}).get("additional_config", {}))
+    settings = _effective_settings(draft, runs.get("speculative", {}).get("additional_config", {}))
     summary = summarize(results, items, k=k, engine=engine, prompts=prompts, temperature=temperature,
                         proposer=settings,
                         draft=draft, target=target)
@@ -79,15 +79,14 @@ def _proposer_settings(proposer: dict, engine: str) -> dict:
         raise SpecKitError(f"--proposer: {e}; known settings: {', '.join(ProposerSettings.model_fields)}") from None
 
 
-def _effective_settings(config, additional: dict) -> dict | None:
-    """The proposer settings the draft run used (the draft config's defaults under the
-    overrides, as the plugin merges them), when any feature was on."""
-    from speculators_kit.core.config import ProposerSettings
+def _effective_settings(draft: str | None, additional: dict) -> dict | None:
+    """The proposer settings the draft run used, merged as the plugin merges them, when any
+    feature was on."""
+    from speculators_kit.vllm_plugin.settings import merged_settings
 
-    if config is None:
+    if draft is None:
         return None
-    defaults = config.speculators_kit.proposer.model_dump(exclude_none=True)
-    settings = ProposerSettings(**{**defaults, **additional.get("speculators_kit", {})})
+    settings = merged_settings(draft, additional.get("speculators_kit", {}))
     return settings.model_dump(exclude_none=True) if settings.active else None
 
 

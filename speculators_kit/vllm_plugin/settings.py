@@ -30,17 +30,21 @@ def draft_defaults(draft_path: str | None) -> dict:
     return dict((json.loads(config.read_text()).get(KEY) or {}).get("proposer") or {})
 
 
+def merged_settings(draft_path: str | None, override: dict) -> ProposerSettings:
+    """The draft's config.json defaults under the serve-time overrides (pydantic errors pass through)."""
+    return ProposerSettings(**{**draft_defaults(draft_path), **override})
+
+
 def resolve_settings(vllm_config) -> ProposerSettings:
     """The settings for this engine; a ValueError naming the bad key and where it came from."""
     spec = vllm_config.speculative_config
-    defaults = draft_defaults(spec.model if spec is not None else None)
     extra = vllm_config.additional_config if isinstance(vllm_config.additional_config, dict) else {}
     override = extra.get(KEY) or {}
     if not isinstance(override, dict):
         raise ValueError(f"speculators_kit: --additional-config's {KEY!r} must be an object like "
                          f'{{"early_exit_threshold": 0.3}}, got {override!r}')
     try:
-        return ProposerSettings(**{**defaults, **override})
+        return merged_settings(spec.model if spec is not None else None, override)
     except ValidationError as e:
         where = "--additional-config" if override else f"{spec.model}/config.json ({KEY}.proposer)"
         fields = ", ".join(ProposerSettings.model_fields)

@@ -15,7 +15,8 @@ def draft_with_defaults(tiny_llama, tmp_path):
     head = make_draft(tiny_llama, tmp_path / "d", draft_vocab_size=64)
     head.config.speculators_kit.proposer = ProposerSettings(early_exit_threshold=0.3, token_budget=8)
     save_draft(head, tmp_path / "d", target_dir=tiny_llama, overwrite=True)
-    return read_config(tmp_path / "d")
+    assert read_config(tmp_path / "d").speculators_kit.proposer.token_budget == 8
+    return str(tmp_path / "d")
 
 
 def test_overrides_keep_explicit_nulls_and_drop_unset_fields():

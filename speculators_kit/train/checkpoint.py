@@ -18,11 +18,13 @@ from speculators_kit.core.format import save_draft, shared_target_weight
 from speculators_kit.core.vocab import draft_ids_of
 
 # What must not change between a run and its resume: a different head cannot load the state,
-# different batching would replay other data than the interrupted run would have seen, and other
-# stores or eval_fraction would split the samples anew, so held-out ones could be trained on.
+# different batching would replay other data than the interrupted run would have seen, other
+# stores or eval_fraction would split the samples anew, so held-out ones could be trained on, and
+# the optimizer's lr, betas and weight decay come back from the checkpoint, so new ones would be
+# silently ignored. The schedule's length and shape (max_steps, warmup, floor) may change.
 RESUME_KEYS = ("draft", "precision", "target_fingerprint", "layer_ids", "zero_stage", "world_size",
-               "batches", "samples")
-SINCE_2026_12 = ("samples",)  # older checkpoints lack them: compared only when recorded
+               "batches", "samples", "optimizer")
+SINCE_2026_12 = ("samples", "optimizer")  # older checkpoints lack them: compared only when recorded
 
 
 def root(out_dir: Path) -> Path:

@@ -73,11 +73,13 @@ def optimizer_and_schedule(module, optim, max_steps: int):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr, betas=optim.betas)
 
-    def factor(step: int) -> float:  # linear warmup, then cosine down to min_lr_ratio
-        if step < optim.warmup_steps:
-            return (step + 1) / optim.warmup_steps
-        progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
-        cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, optim, max_steps))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+def lr_factor(step: int, optim, max_steps: int) -> float:
+    """Linear warmup, then cosine down to min_lr_ratio at max_steps."""
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    progress = (step - optim.warmup_steps) / max(1, max_steps - optim.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * cosine

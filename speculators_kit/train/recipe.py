@@ -65,7 +65,8 @@ def setup(cfg, resume: bool) -> Run:
                     "batches": {k: getattr(cfg.data, k) for k in ("max_length", "seed", "packing")}
                     | {"micro_batch_tokens": cfg.train.micro_batch_tokens},
                     "samples": {"stores": [str(Path(s).expanduser().resolve()) for s in cfg.data.stores],
-                                "eval_fraction": cfg.data.eval_fraction}}
+                                "eval_fraction": cfg.data.eval_fraction},
+                    "optimizer": cfg.optim.model_dump(mode="json", include={"lr", "betas", "weight_decay"})}
     _build_engine(run, head)
     if ckpt is not None:
         state = checkpoint.read_state(ckpt)
@@ -77,7 +78,31 @@ def setup(cfg, resume: bool) -> Run:
         run.log.console(f"train: {data.describe(manifest, train_refs, held_refs)}; {world} process(es), "
                         f"ZeRO {cfg.deepspeed.zero_stage}, {cfg.precision}{precision_note}{_threads_note(world)}"
                         + (f"; resuming at step {run.step} from {ckpt}" if ckpt else ""))
+        if ckpt is not None and (note := _schedule_change(state["config"], cfg, run.step)):
+            run.log.console(note)
     return run
+
+
+def _schedule_change(before: dict, cfg, step: int) -> str:
+    """A resume may lengthen or reshape the LR schedule (train.max_steps, optim.warmup_steps,
+    optim.min_lr_ratio); the LR then follows the new schedule from this step on: say where it goes."""
+    from speculators_kit.train.ds import lr_factor
+
+    old_optim = type(cfg.optim)(**before["optim"])
+    was = _schedule(type(cfg.train)(**before["train"]), old_optim)
+    now = _schedule(cfg.train, cfg.optim)
+    changed = [f"{k} {was[k]} -> {now[k]}" for k in now if was[k] != now[k]]
+    if not changed:
+        return ""
+    lr_was = cfg.optim.lr * lr_factor(step, old_optim, was["train.max_steps"])
+    lr_now = cfg.optim.lr * lr_factor(step, cfg.optim, cfg.train.max_steps)
+    return (f"train: the learning-rate schedule changed since the checkpoint ({', '.join(changed)}): "
+            f"from step {step} the LR follows the new one ({lr_was:.3g} -> {lr_now:.3g})")
+
+
+def _schedule(train, optim) -> dict:
+    return {"train.max_steps": train.max_steps, "optim.warmup_steps": optim.warmup_steps,
+            "optim.min_lr_ratio": optim.min_lr_ratio}
 
 
 def _threads_note(world: int) -> str:

@@ -74,6 +74,24 @@ def test_resume_continues_the_same_curve(train_config, tmp_path):
     assert "samples:" in resplit.stderr and "'eval_fraction': 0.5" in resplit.stderr
 
 
+def test_resume_may_extend_the_schedule_but_not_change_the_optimizer(train_config, tmp_path):
+    """The optimizer's lr, betas and weight decay come back from the checkpoint: a changed one is
+    refused, not silently ignored. A longer run is allowed, and says where its LR jumps."""
+    cfg = train_config()
+    assert speckit("train", cfg).returncode == 0
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000006")
+    for changed in ("optim.lr=0.01", "optim.weight_decay=0.1", "optim.betas=[0.8,0.99]"):
+        result = speckit("train", cfg, "--resume", "--set", changed)
+        assert result.returncode == 1 and "cannot resume" in result.stderr, (changed, result.stderr[-2000:])
+        assert "optimizer:" in result.stderr and changed.split("=")[0].split(".")[1] in result.stderr
+    longer = speckit("train", cfg, "--resume", "--set", "train.max_steps=12")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "schedule changed since the checkpoint (train.max_steps 6 -> 12)" in longer.stderr
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+           if "lr" in r}
+    assert sorted(lrs) == list(range(1, 13)) and lrs[12] == pytest.approx(0.0, abs=1e-12)
+    assert lrs[4] > lrs[3]  # the longer cosine sits higher at step 4 than the old one at step 3
+
 def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_path, tiny_llama, tiny_store):
     import torch
 

@@ -87,8 +87,8 @@ def test_resume_may_extend_the_schedule_but_not_change_the_optimizer(train_confi
     longer = speckit("train", cfg, "--resume", "--set", "train.max_steps=12")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "schedule changed since the checkpoint (train.max_steps 6 -> 12)" in longer.stderr
-    lrs = {r["step"]: r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-           if "lr" in r}
+    rows = map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    lrs = {r["step"]: r["lr"] for r in rows if "lr" in r}
     assert sorted(lrs) == list(range(1, 13)) and lrs[12] == pytest.approx(0.0, abs=1e-12)
     assert lrs[4] > lrs[3]  # the longer cosine sits higher at step 4 than the old one at step 3
 

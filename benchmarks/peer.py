@@ -192,8 +192,10 @@ def main() -> None:
             out = work / "eval" / prompts / name
             (out / "runs").mkdir(parents=True, exist_ok=True)
             shutil.copy(base / "runs" / "target_only.json", out / "runs" / "target_only.json")
+            # fixed k for both: a draft's serving default (early exit in its config.json) would make
+            # its tau count only the steps that drafted
             s = evaluate(target, str(draft), prompts, out, a.num_prompts, k=a.k, max_new_tokens=a.max_new_tokens,
-                         log=print)
+                         log=print, proposer={"early_exit_threshold": 0})
             rows.append({"prompts": prompts, "draft": names[name], "tau": s["tau"],
                          "acceptance per position": " ".join(f"{x:.2f}" for x in s["acceptance_per_position"]),
                          "speedup": s["speedup"], "identical": s["greedy_identical"],

@@ -78,31 +78,37 @@ def setup(cfg, resume: bool) -> Run:
         run.log.console(f"train: {data.describe(manifest, train_refs, held_refs)}; {world} process(es), "
                         f"ZeRO {cfg.deepspeed.zero_stage}, {cfg.precision}{precision_note}{_threads_note(world)}"
                         + (f"; resuming at step {run.step} from {ckpt}" if ckpt else ""))
-        if ckpt is not None and (note := _schedule_change(state["config"], cfg, run.step)):
+        if ckpt is not None and (note := _resume_note(state["config"], cfg, run.step)):
             run.log.console(note)
     return run
 
 
-def _schedule_change(before: dict, cfg, step: int) -> str:
-    """A resume may lengthen or reshape the LR schedule (train.max_steps, optim.warmup_steps,
-    optim.min_lr_ratio); the LR then follows the new schedule from this step on: say where it goes."""
+def _resume_note(before: dict, cfg, step: int) -> str:
+    """The settings a resume changed (those it may change: the others were refused), so a loss or
+    schedule switched mid-run is on the console, and where the LR jumps when the schedule changed."""
     from speculators_kit.train.ds import lr_factor
 
-    old_optim = type(cfg.optim)(**before["optim"])
-    was = _schedule(type(cfg.train)(**before["train"]), old_optim)
-    now = _schedule(cfg.train, cfg.optim)
-    changed = [f"{k} {was[k]} -> {now[k]}" for k in now if was[k] != now[k]]
+    was, now = _flat(before), _flat(cfg.model_dump(mode="json"))
+    changed = [f"{k} {was[k]!r} -> {now[k]!r}" for k in now if k in was and was[k] != now[k]]
     if not changed:
         return ""
-    lr_was = cfg.optim.lr * lr_factor(step, old_optim, was["train.max_steps"])
+    note = f"train: resumed with settings changed since the checkpoint: {', '.join(changed)}"
+    old_optim, old_steps = type(cfg.optim)(**before["optim"]), before["train"]["max_steps"]
+    lr_was = cfg.optim.lr * lr_factor(step, old_optim, old_steps)
     lr_now = cfg.optim.lr * lr_factor(step, cfg.optim, cfg.train.max_steps)
-    return (f"train: the learning-rate schedule changed since the checkpoint ({', '.join(changed)}): "
-            f"from step {step} the LR follows the new one ({lr_was:.3g} -> {lr_now:.3g})")
+    if lr_was != lr_now:
+        note += f"; from step {step} the LR follows the new schedule ({lr_was:.3g} -> {lr_now:.3g})"
+    return note
 
 
-def _schedule(train, optim) -> dict:
-    return {"train.max_steps": train.max_steps, "optim.warmup_steps": optim.warmup_steps,
-            "optim.min_lr_ratio": optim.min_lr_ratio}
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _threads_note(world: int) -> str:

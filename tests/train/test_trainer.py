@@ -76,7 +76,8 @@ def test_resume_continues_the_same_curve(train_config, tmp_path):
 
 def test_resume_may_extend_the_schedule_but_not_change_the_optimizer(train_config, tmp_path):
     """The optimizer's lr, betas and weight decay come back from the checkpoint: a changed one is
-    refused, not silently ignored. A longer run is allowed, and says where its LR jumps."""
+    refused, not silently ignored. A longer run (or another loss) is allowed; the console lists
+    what changed and where the LR jumps."""
     cfg = train_config()
     assert speckit("train", cfg).returncode == 0
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000006")
@@ -84,13 +85,19 @@ def test_resume_may_extend_the_schedule_but_not_change_the_optimizer(train_confi
         result = speckit("train", cfg, "--resume", "--set", changed)
         assert result.returncode == 1 and "cannot resume" in result.stderr, (changed, result.stderr[-2000:])
         assert "optimizer:" in result.stderr and changed.split("=")[0].split(".")[1] in result.stderr
-    longer = speckit("train", cfg, "--resume", "--set", "train.max_steps=12")
+    same = speckit("train", cfg, "--resume", "--set", "train.max_steps=6")  # nothing changed: no note
+    assert same.returncode == 0 and "settings changed" not in same.stderr, same.stderr[-3000:]
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000006")
+    longer = speckit("train", cfg, "--resume", "--set", "train.max_steps=12", "--set", "loss.step_weights=decay")
     assert longer.returncode == 0, longer.stderr[-3000:]
-    assert "schedule changed since the checkpoint (train.max_steps 6 -> 12)" in longer.stderr
+    assert "settings changed since the checkpoint: loss.step_weights 'uniform' -> 'decay', " \
+           "train.max_steps 6 -> 12;" in longer.stderr
+    assert "from step 3 the LR follows the new schedule" in longer.stderr
     rows = map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
     lrs = {r["step"]: r["lr"] for r in rows if "lr" in r}
     assert sorted(lrs) == list(range(1, 13)) and lrs[12] == pytest.approx(0.0, abs=1e-12)
     assert lrs[4] > lrs[3]  # the longer cosine sits higher at step 4 than the old one at step 3
+
 
 def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_path, tiny_llama, tiny_store):
     import torch

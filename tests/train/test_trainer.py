@@ -88,7 +88,8 @@ def test_resume_may_extend_the_schedule_but_not_change_the_optimizer(train_confi
     same = speckit("train", cfg, "--resume", "--set", "train.max_steps=6")  # nothing changed: no note
     assert same.returncode == 0 and "settings changed" not in same.stderr, same.stderr[-3000:]
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-00000006")
-    longer = speckit("train", cfg, "--resume", "--set", "train.max_steps=12", "--set", "loss.step_weights=decay")
+    longer = speckit("train", cfg, "--resume", "--set", "train.max_steps=12",
+                     "--set", "loss.step_weights=decay")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "settings changed since the checkpoint: loss.step_weights 'uniform' -> 'decay', " \
            "train.max_steps 6 -> 12;" in longer.stderr

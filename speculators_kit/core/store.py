@@ -55,6 +55,10 @@ class StoreManifest(BaseModel):
     vocab_size: int
     shards: list[ShardInfo] = Field(default_factory=list)
     provenance: dict = Field(default_factory=dict)
+    # False from a datagen run's first new shard until that run has captured every input (a
+    # training must not read a store still being written, or one whose run died); None in
+    # stores written before this was recorded.
+    complete: bool | None = None
 
     @property
     def aux_layer_ids(self) -> list[int]:

@@ -110,6 +110,7 @@ def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> 
         dropped = {k: dropped[k] + more[k] for k in dropped}
         part = _capture_new(cfg, writer, items, engine, out_dir, log, f"turn {turn}")
         totals = {k: totals[k] + part[k] for k in totals}
+    writer.finish()
     if cfg.capture.backend == "vllm":
         from speculators_kit.datagen.vllm_backend import cleanup
 

@@ -94,10 +94,16 @@ class StoreWriter:
         counts = self.counts + torch.bincount(masked, minlength=len(self.counts))[: len(self.counts)]
         _save_atomic({"counts": counts}, self.dir / TOKEN_FREQ,
                      {"num_shards": str(len(self.manifest.shards) + 1)})
-        manifest = self.manifest.model_copy(update={"shards": [*self.manifest.shards, info]})
+        manifest = self.manifest.model_copy(update={"shards": [*self.manifest.shards, info],
+                                                    "complete": False})
         write_json_atomic(self.dir / MANIFEST, manifest.model_dump())
         self.manifest, self.counts = manifest, counts
         return info
+
+    def finish(self) -> None:
+        """Every input of this run is in the store: trainings may read it."""
+        self.manifest = self.manifest.model_copy(update={"complete": True})
+        write_json_atomic(self.dir / MANIFEST, self.manifest.model_dump())
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:

@@ -39,6 +39,10 @@ def open_stores(paths: list[str], fingerprint: str, aux_layer_ids: list[int] | N
                                f"{first.layer_ids}; all stores of one run must hold the same layers")
         if len(reader) == 0:
             raise SpecKitError(f"store {path} is empty: run speckit datagen to fill it")
+        if m.complete is False:
+            raise SpecKitError(f"store {path} is unfinished ({m.num_samples} samples so far): its speckit "
+                               f"datagen is still running or was stopped; wait for it, or re-run the same "
+                               f"datagen command to finish the store (it resumes)")
     if aux_layer_ids is not None and aux_layer_ids != first.aux_layer_ids:
         raise SpecKitError(f"the draft needs aux layers {aux_layer_ids} but the stores hold "
                            f"{first.aux_layer_ids} (+ last {first.layer_ids[-1]}); re-run datagen "

@@ -81,6 +81,19 @@ def test_reopen_drops_an_uncommitted_shard_and_keeps_committed_ones(tmp_path):
     assert len(StoreReader(tmp_path / "s")) == 2 and StoreReader(tmp_path / "s").verify() == []
 
 
+def test_a_store_is_unfinished_from_its_first_new_shard_until_the_run_finishes(tmp_path):
+    w = StoreWriter(tmp_path / "s", manifest())
+    assert StoreReader(tmp_path / "s").manifest.complete is None  # nothing written yet
+    w.add_shard([record(0)])
+    assert StoreReader(tmp_path / "s").manifest.complete is False
+    w.finish()
+    assert StoreReader(tmp_path / "s").manifest.complete is True
+    again = StoreWriter(tmp_path / "s", manifest())  # a resumed or extended run
+    assert StoreReader(tmp_path / "s").manifest.complete is True  # until it adds something
+    again.add_shard([record(1)])
+    assert StoreReader(tmp_path / "s").manifest.complete is False
+
+
 def test_write_error_leaves_the_store_consistent(tmp_path, monkeypatch):
     w = StoreWriter(tmp_path / "s", manifest())
     w.add_shard([record(0)])

@@ -2,11 +2,12 @@
 
 import json
 import re
+import shutil
 
 import pytest
 
 from speculators_kit.cli import main
-from speculators_kit.core.store import StoreManifest
+from speculators_kit.core.store import MANIFEST, StoreManifest, StoreReader, write_json_atomic
 from speculators_kit.datagen.writer import StoreWriter
 
 
@@ -54,6 +55,13 @@ def test_store_problems(train_config, capsys, tmp_path, tiny_store, tiny_targets
     fails(capsys, cfg, tmp_path, r"holds layers \[4\] but .* holds \[1, 2, 4\]")
     fails(capsys, train_config(data={"stores": [str(tmp_path / "nope")]}), tmp_path,
           r"store .*nope does not exist \(run `speckit datagen`")
+    assert StoreReader(tiny_store).manifest.complete is True  # datagen finished it
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(tiny_store, unfinished)
+    m = StoreReader(unfinished).manifest.model_copy(update={"complete": False})  # as a running datagen leaves it
+    write_json_atomic(unfinished / MANIFEST, m.model_dump())
+    fails(capsys, train_config(data={"stores": [str(tiny_store), str(unfinished)]}), tmp_path,
+          r"store .*unfinished is unfinished \(24 samples so far\).*re-run the same datagen command")
 
 
 def test_aux_layers_missing_from_the_store(train_config, capsys, tmp_path, tiny_llama):

@@ -196,12 +196,30 @@ class LossSection(Strict):
 
 
 class OptimSection(Strict):
+    # muon: Muon (momentum, then orthogonalized updates) on the draft's weight matrices, AdamW at
+    # `lr` on the rest (norms, biases); DeepSpeed builds it, as ZeRO splits the matrices it needs whole
+    kind: Literal["adamw", "muon"] = "adamw"
     lr: float = Field(3e-4, gt=0)
+    muon_lr: float = Field(0.02, gt=0)  # in spectral norm per update, as Muon's authors use it
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
     warmup_steps: int = Field(50, ge=0)
     weight_decay: float = Field(0.0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine decay floor
+
+    @model_validator(mode="after")
+    def _muon_keys_need_muon(self):
+        unused = sorted({"muon_lr", "muon_momentum"} & self.model_fields_set)
+        if unused and self.kind != "muon":
+            raise ValueError(f"optim.{unused[0]} applies to optim.kind muon only; set optim.kind: muon "
+                             f"or remove it")
+        if self.kind == "muon" and "grad_clip" in self.model_fields_set:
+            # ZeRO 1/2 clip Muon's orthogonalized update, not the gradient: at 1.0 that shrank the
+            # update ~20x on a 1-layer draft, while ZeRO 0 clipped the gradient before Muon
+            raise ValueError("optim.grad_clip does not apply to optim.kind muon (its updates are "
+                             "normalized, and DeepSpeed's ZeRO 1/2 would clip the update itself); remove it")
+        return self
 
 
 class TrainLoop(Strict):

@@ -20,7 +20,7 @@ from speculators_kit.core.vocab import draft_ids_of
 # What must not change between a run and its resume: a different head cannot load the state,
 # different batching would replay other data than the interrupted run would have seen, other
 # stores or eval_fraction would split the samples anew, so held-out ones could be trained on, and
-# the optimizer's lr, betas and weight decay come back from the checkpoint, so new ones would be
+# the optimizer (its kind, lr, betas, weight decay) comes back from the checkpoint, so new ones would be
 # silently ignored. The schedule's length and shape (max_steps, warmup, floor) may change.
 RESUME_KEYS = ("draft", "precision", "target_fingerprint", "layer_ids", "zero_stage", "world_size",
                "batches", "samples", "optimizer")

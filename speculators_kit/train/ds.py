@@ -1,5 +1,6 @@
 """DeepSpeed plumbing: the JSON config derived from the schema, process-group setup, and the
-optimizer + schedule (a torch AdamW handed to DeepSpeed: no fused-op build on CPU)."""
+optimizer + schedule (a torch AdamW handed to DeepSpeed: no fused-op build on CPU; or DeepSpeed's
+Muon)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,24 @@ def ds_config(cfg, world_size: int) -> dict:
         "train_micro_batch_size_per_gpu": 1,  # one packed micro-batch (<= micro_batch_tokens)
         "gradient_accumulation_steps": cfg.train.grad_accum,
         "train_batch_size": cfg.train.grad_accum * world_size,
-        "gradient_clipping": cfg.optim.grad_clip,
+        "gradient_clipping": 0.0 if cfg.optim.kind == "muon" else cfg.optim.grad_clip,  # schema: why
         "bf16": {"enabled": cfg.precision == "bf16"},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,  # a torch AdamW is fine, also with offload
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        **({"optimizer": muon_section(cfg.optim)} if cfg.optim.kind == "muon" else {}),
     }
+
+
+def muon_section(optim) -> dict:
+    """DeepSpeed's Muon: its ZeRO stages orthogonalize each weight matrix before splitting the
+    update across ranks, which a torch optimizer handed to them could not (it sees flat slices).
+    It tags 2-D weights other than embeddings and lm_heads for Muon; AdamW takes the rest."""
+    return {"type": "Muon", "params": {"lr": optim.muon_lr, "momentum": optim.muon_momentum,
+                                       "adam_lr": optim.lr, "betas": list(optim.betas),
+                                       "weight_decay": optim.weight_decay}}
 
 
 def native_bf16() -> bool:
@@ -66,14 +77,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def optimizer_and_schedule(module, optim, max_steps: int):
+def optimizer_and_schedule(module, optim, max_steps: int) -> dict:
+    """deepspeed.initialize's optimizer arguments: a torch AdamW, or for Muon the parameter groups
+    its config section (ds_config) builds from; and the schedule, applied to every group's LR."""
     params = [p for p in module.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": optim.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=optim.lr, betas=optim.betas)
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, optim, max_steps))
+    def schedule(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, optim, max_steps))
+
+    if optim.kind == "muon":
+        return {"model_parameters": groups, "lr_scheduler": schedule}
+    opt = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas)
+    return {"optimizer": opt, "lr_scheduler": schedule(opt)}
 
 
 def lr_factor(step: int, optim, max_steps: int) -> float:

@@ -66,7 +66,7 @@ def setup(cfg, resume: bool) -> Run:
                     | {"micro_batch_tokens": cfg.train.micro_batch_tokens},
                     "samples": {"stores": [str(Path(s).expanduser().resolve()) for s in cfg.data.stores],
                                 "eval_fraction": cfg.data.eval_fraction},
-                    "optimizer": cfg.optim.model_dump(mode="json", include={"lr", "betas", "weight_decay"})}
+                    "optimizer": _optimizer_identity(cfg.optim)}
     _build_engine(run, head)
     if ckpt is not None:
         state = checkpoint.read_state(ckpt)
@@ -78,9 +78,19 @@ def setup(cfg, resume: bool) -> Run:
         run.log.console(f"train: {data.describe(manifest, train_refs, held_refs)}; {world} process(es), "
                         f"ZeRO {cfg.deepspeed.zero_stage}, {cfg.precision}{precision_note}{_threads_note(world)}"
                         + (f"; resuming at step {run.step} from {ckpt}" if ckpt else ""))
+        if cfg.optim.kind == "muon":
+            run.log.console(_muon_note(run.module))
         if ckpt is not None and (note := _resume_note(state["config"], cfg, run.step)):
             run.log.console(note)
     return run
+
+
+def _muon_note(module) -> str:
+    """Which trained parameters DeepSpeed gave to Muon (it tags them at deepspeed.initialize)."""
+    trained = [p for p in module.parameters() if p.requires_grad]
+    muon = [p for p in trained if getattr(p, "use_muon", False)]
+    return (f"optimizer: Muon on {len(muon)} weight matrices ({sum(p.numel() for p in muon):,} parameters), "
+            f"AdamW on {len(trained) - len(muon)} other tensors")
 
 
 def _resume_note(before: dict, cfg, step: int) -> str:
@@ -125,6 +135,13 @@ def _threads_note(world: int) -> str:
     return note
 
 
+def _optimizer_identity(optim) -> dict:
+    """What a checkpoint's optimizer state fixes. AdamW's keys are the ones recorded before Muon
+    existed, so those checkpoints still resume."""
+    keys = {"lr", "betas", "weight_decay"} | ({"kind", "muon_lr", "muon_momentum"} if optim.kind == "muon" else set())
+    return optim.model_dump(mode="json", include=keys)
+
+
 def _resume_point(out: Path, resume: bool):
     ckpt = checkpoint.latest(out)
     if resume and ckpt is None:
@@ -143,9 +160,8 @@ def _build_engine(run: Run, head) -> None:
 
     cfg = run.cfg
     run.module = DraftTrainModule(head, run.target, cfg.loss, cfg.draft.train_lm_head)
-    opt, sched = optimizer_and_schedule(run.module, cfg.optim, cfg.train.max_steps)
-    run.engine, _, _, _ = deepspeed.initialize(model=run.module, optimizer=opt, lr_scheduler=sched,
-                                               config=ds_config(cfg, run.world))
+    run.engine, _, _, _ = deepspeed.initialize(model=run.module, config=ds_config(cfg, run.world),
+                                               **optimizer_and_schedule(run.module, cfg.optim, cfg.train.max_steps))
 
 
 def train(run: Run) -> dict:

@@ -170,3 +170,34 @@ def test_store_from_a_moe_target_trains_unchanged(tmp_path, tiny_targets, train_
     result = speckit("train", cfg)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "draft" / "config.json").is_file()
+
+
+def test_muon_trains_on_every_zero_stage_and_resumes(train_config, tmp_path):
+    """optim.kind muon: DeepSpeed's Muon on the draft's weight matrices. ZeRO 0 (Muon in the
+    optimizer's step), ZeRO 2 (Muon before the update is split) and ZeRO 2 over 2 processes (each
+    holding half of some matrices) give one curve, another than AdamW's; a resume replays it;
+    switching the optimizer is refused."""
+    curves = {}
+    runs = (("adamw", {}, 2, 1), ("muon0", {"kind": "muon"}, 0, 1), ("muon2", {"kind": "muon"}, 2, 1),
+            ("muon2x2", {"kind": "muon"}, 2, 2))
+    for name, optim, stage, nproc in runs:
+        cfg = train_config(f"{name}.yaml", optim=optim, deepspeed={"zero_stage": stage},
+                           train={"grad_accum": 3 - nproc}, output={"dir": str(tmp_path / name)})
+        result = speckit("train", cfg, "--nproc", nproc)
+        assert result.returncode == 0, result.stderr[-3000:]
+        curves[name] = losses(tmp_path / name)
+        if name == "muon2":
+            assert "optimizer: Muon on 8 weight matrices" in result.stderr, result.stderr[-3000:]
+            muon_cfg = cfg
+    muon = curves["muon2"]
+    assert muon[6] < muon[1]
+    for other in ("muon0", "muon2x2"):
+        assert all(muon[s] == pytest.approx(curves[other][s], rel=1e-4) for s in muon), (other, curves[other])
+    assert any(abs(muon[s] - curves["adamw"][s]) > 1e-3 for s in muon)
+    shutil.rmtree(tmp_path / "muon2" / "checkpoints" / "step-00000006")
+    switched = speckit("train", muon_cfg, "--resume", "--set", "optim.kind=adamw")
+    assert switched.returncode == 1 and "optimizer:" in switched.stderr and "'kind': 'muon'" in switched.stderr
+    resumed = speckit("train", muon_cfg, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = losses(tmp_path / "muon2")
+    assert all(again[s] == pytest.approx(muon[s], rel=1e-6, abs=1e-7) for s in muon)

@@ -11,8 +11,9 @@ and draft vocabulary match, and re-runs every evaluation side by side.
 
 Both: 1-layer EAGLE-3 on SmolLM2-135M-Instruct, the same samples (our store exported to the
 peer's layout, benchmarks/peer_export.py), the same draft vocabulary (ours, passed to the peer
-as d2t/t2d), 3 training-time-test steps, AdamW, lr, warmup and cosine decay over the same number
-of optimizer steps of one `--tokens`-token packed batch each. Each toolkit keeps its own recipe
+as d2t/t2d), 3 training-time-test steps, lr, warmup and cosine decay over the same number of
+optimizer steps of one `--tokens`-token packed batch each. The peer trains with AdamW; ours with
+AdamW, or with what a reused `--ours` run chose (`optim.kind`, recorded in the results). Each toolkit keeps its own recipe
 otherwise (initialisation, norms, loss). The peer runs in its own venv
 (~/.cache/speculators_kit/peer-venv, made on first use) through benchmarks/peer_train.py.
 Its data generation needs a vLLM server with its own connector, which is not timed here.
@@ -204,8 +205,9 @@ def main() -> None:
     for prompts in a.prompts.split(","):
         ours, peer = [r for r in rows if r["prompts"] == prompts]
         ours["tau vs peer"] = ours["tau"] / peer["tau"]
+    ours_optim = json.loads((drafts["ours"].parent / "resolved_config.json").read_text())["optim"]
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "store": a.store, "ours": a.ours,
-            "steps": a.steps,
+            "ours optimizer": ours_optim.get("kind", "adamw"), "steps": a.steps,
             "tokens per step": a.tokens, "lr": a.lr, "warmup": a.warmup, "k": a.k, "num_prompts": a.num_prompts,
             "max_new_tokens": a.max_new_tokens, "date": time.strftime("%Y-%m-%d")}
     write(a.results, rows, ["prompts", "draft", "tau", "tau vs peer", "acceptance per position", "speedup", "identical",

@@ -19,7 +19,8 @@ def ds_config(cfg, world_size: int) -> dict:
         "train_micro_batch_size_per_gpu": 1,  # one packed micro-batch (<= micro_batch_tokens)
         "gradient_accumulation_steps": cfg.train.grad_accum,
         "train_batch_size": cfg.train.grad_accum * world_size,
-        "gradient_clipping": 0.0 if cfg.optim.kind == "muon" else cfg.optim.grad_clip,  # schema: why
+        # ZeRO 1/2 would clip Muon's orthogonalized update, not the gradient (OptimSection)
+        "gradient_clipping": 0.0 if cfg.optim.kind == "muon" else cfg.optim.grad_clip,
         "bf16": {"enabled": cfg.precision == "bf16"},
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,

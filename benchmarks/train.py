@@ -3,6 +3,7 @@
     python benchmarks/train.py [--store runs/smollm2/store] [--steps 12] [--repeats 2] [--compare packing]
 --compare processes (default): 1 vs 2 processes, ZeRO 0 vs 2 -> results/train.{json,md}.
 --compare packing: padded vs packed micro-batches (1 process, ZeRO 2) -> results/train_packing.*.
+--compare optimizer: AdamW vs Muon (optim.kind; 1 process, ZeRO 2, packed) -> results/train_optimizer.*.
 Without a store, makes one (150 GSM8K questions with their reference answers, vLLM capture).
 Each configuration runs --repeats times, interleaved; the table gives the median over all
 steps (first step of each run excluded: warm-up) of real (non-padding) training tokens/s,
@@ -22,8 +23,9 @@ from common import ROOT, speckit, write
 from speculators_kit.core.store import StoreReader
 
 CONFIG = ROOT / "configs" / "train" / "smollm2-eagle3-1layer.yaml"
-RUNS = {"processes": [(1, 0, False), (1, 2, False), (2, 0, False), (2, 2, False)],
-        "packing": [(1, 2, False), (1, 2, True)]}
+RUNS = {"processes": [(1, 0, False, "adamw"), (1, 2, False, "adamw"), (2, 0, False, "adamw"), (2, 2, False, "adamw")],
+        "packing": [(1, 2, False, "adamw"), (1, 2, True, "adamw")],
+        "optimizer": [(1, 2, True, "adamw"), (1, 2, True, "muon")]}
 
 
 def make_store(path: Path) -> None:
@@ -34,9 +36,9 @@ def make_store(path: Path) -> None:
 
 
 def run(store: Path, out: Path, key: tuple, steps: int, tokens: int) -> list[dict]:
-    nproc, stage, packing = key
+    nproc, stage, packing, optimizer = key
     speckit("train", str(CONFIG), "--nproc", str(nproc), "--set", f"data.stores=[{store}]",
-            "--set", f"data.packing={str(packing).lower()}",
+            "--set", f"data.packing={str(packing).lower()}", "--set", f"optim.kind={optimizer}",
             "--set", f"output.dir={out}", "--set", f"train.max_steps={steps}", "--set", "train.log_every=1",
             "--set", f"train.eval_every={steps}", "--set", f"train.save_every={steps}",
             "--set", f"deepspeed.zero_stage={stage}", "--set", f"train.micro_batch_tokens={tokens}",
@@ -66,14 +68,14 @@ def main() -> None:
                 logged[key] += run(store, tmp / f"{'-'.join(map(str, key))}-{r}", key, args.steps,
                                    args.micro_batch_tokens)
     rate = {key: statistics.median(row["tokens_per_s"] for row in logged[key]) for key in runs}
-    rows = [{"processes": n, "zero_stage": s, "packing": p, "tokens_per_s": rate[(n, s, p)],
-             "step_s": statistics.median(row["step_s"] for row in logged[(n, s, p)]),
-             "vs_first": rate[(n, s, p)] / rate[runs[0]], "steps_measured": len(logged[(n, s, p)])}
-            for n, s, p in runs]
+    rows = [{"processes": key[0], "zero_stage": key[1], "packing": key[2], "optimizer": key[3],
+             "tokens_per_s": rate[key], "step_s": statistics.median(row["step_s"] for row in logged[key]),
+             "vs_first": rate[key] / rate[runs[0]], "steps_measured": len(logged[key])}
+            for key in runs]
     meta = {"target": "smollm2-135m-instruct", "draft": "eagle3 1 layer, vocab 8192", "precision": "bf16",
             "micro_batch_tokens": args.micro_batch_tokens, "store": str(store), "store_samples": len(StoreReader(store)), "machine": "2 CPU cores, no GPU"}
     name = "train" if args.compare == "processes" else f"train_{args.compare}"
-    write(name, rows, ["processes", "zero_stage", "packing", "tokens_per_s", "step_s", "vs_first",
+    write(name, rows, ["processes", "zero_stage", "packing", "optimizer", "tokens_per_s", "step_s", "vs_first",
                        "steps_measured"], meta)
 
 

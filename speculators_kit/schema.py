@@ -195,6 +195,10 @@ class LossSection(Strict):
         return self
 
 
+def _default(section: BaseModel, key: str):
+    return type(section).model_fields[key].default
+
+
 class OptimSection(Strict):
     # muon: Muon (momentum, then orthogonalized updates) on the draft's weight matrices, AdamW at
     # `lr` on the rest (norms, biases); DeepSpeed builds it, as ZeRO splits the matrices it needs whole
@@ -210,11 +214,12 @@ class OptimSection(Strict):
 
     @model_validator(mode="after")
     def _muon_keys_need_muon(self):
-        unused = sorted({"muon_lr", "muon_momentum"} & self.model_fields_set)
+        # by value, not by which keys were written: a resolved config (every key) must validate again
+        unused = [k for k in ("muon_lr", "muon_momentum") if getattr(self, k) != _default(self, k)]
         if unused and self.kind != "muon":
             raise ValueError(f"optim.{unused[0]} applies to optim.kind muon only; set optim.kind: muon "
                              f"or remove it")
-        if self.kind == "muon" and "grad_clip" in self.model_fields_set:
+        if self.kind == "muon" and self.grad_clip != _default(self, "grad_clip"):
             # ZeRO 1/2 clip Muon's orthogonalized update, not the gradient: at 1.0 that shrank the
             # update ~20x on a 1-layer draft, while ZeRO 0 clipped the gradient before Muon
             raise ValueError("optim.grad_clip does not apply to optim.kind muon (its updates are "

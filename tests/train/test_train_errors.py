@@ -23,7 +23,7 @@ def fails(capsys, cfg, tmp_path, expected):
     ({"optim": {"lr": 1e-3, "warmup": 5}}, r"unknown key 'optim.warmup' \(allowed here: .*warmup_steps"),
     ({"deepspeed": {"zero_stage": 4}}, r"deepspeed.zero_stage: Input should be less than or equal to 2"),
     ({"optim": {"lr": 1e-3, "muon_lr": 0.05}}, r"optim.muon_lr applies to optim.kind muon only"),
-    ({"optim": {"kind": "muon", "grad_clip": 1.0}}, r"optim.grad_clip does not apply to optim.kind muon"),
+    ({"optim": {"kind": "muon", "grad_clip": 0.5}}, r"optim.grad_clip does not apply to optim.kind muon"),
     ({"deepspeed": {"zero_stage": 1, "train_batch_size": 8}}, r"deepspeed.train_batch_size is derived"),
     ({"deepspeed": {"zero_optimization": {"stage": 3}}}, r"zero_optimization.stage is set by deepspeed.zero_stage"),
     ({"precision": "fp16"}, r"precision: Input should be 'auto', 'bf16' or 'fp32'"),

@@ -201,3 +201,6 @@ def test_muon_trains_on_every_zero_stage_and_resumes(train_config, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = losses(tmp_path / "muon2")
     assert all(again[s] == pytest.approx(muon[s], rel=1e-6, abs=1e-7) for s in muon)
+    # a resume that changes the schedule reads the Muon run's recorded settings back
+    longer = speckit("train", muon_cfg, "--resume", "--set", "train.max_steps=8")
+    assert longer.returncode == 0 and "train.max_steps 6 -> 8" in longer.stderr, longer.stderr[-3000:]

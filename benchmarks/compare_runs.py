@@ -1,5 +1,6 @@
 """Training runs side by side: held-out τ and eval loss at each of their evaluation steps (the
-trainer's metrics.jsonl), median training speed, and `speckit eval` results of their checkpoints.
+trainer's metrics.jsonl), median training speed (--speed), and `speckit eval` results of their
+checkpoints.
 
     python benchmarks/compare_runs.py --name optimizer_lr_muon \\
         --run adamw=/tmp/exp/train_ttt3 --run muon=/tmp/exp/train_muon \\
@@ -22,7 +23,7 @@ COLUMNS = ["run", "step", "held-out τ", "eval loss", "MT-bench τ", "acceptance
            "train tok/s", "s/step"]
 
 
-def run_rows(name: str, train_dir: Path, evals: dict[int, Path]) -> list[dict]:
+def run_rows(name: str, train_dir: Path, evals: dict[int, Path], speed: bool) -> list[dict]:
     metrics = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "loss" in m and m["step"] > 20]  # past start-up and warm caches
     rows = [{"run": name, "step": m["step"], "held-out τ": round(m["tau"], 3), "eval loss": round(m["eval_loss"], 3)}
@@ -32,7 +33,7 @@ def run_rows(name: str, train_dir: Path, evals: dict[int, Path]) -> list[dict]:
             result = json.loads((evals[row["step"]] / "results.json").read_text())
             row.update({"MT-bench τ": round(result["tau"], 3), "identical": result["greedy_identical"],
                         "acceptance per position": " ".join(f"{a:.2f}" for a in result["acceptance_per_position"])})
-    if steps and rows:
+    if speed and steps and rows:
         rows[-1]["train tok/s"] = round(statistics.median(m["tokens_per_s"] for m in steps))
         rows[-1]["s/step"] = round(statistics.median(m["step_s"] for m in steps), 2)
     return rows
@@ -44,6 +45,7 @@ def main() -> None:
     ap.add_argument("--run", action="append", required=True, help="NAME=TRAIN_OUTPUT_DIR")
     ap.add_argument("--eval", action="append", default=[], help="NAME@STEP=EVAL_OUT_DIR")
     ap.add_argument("--note", default="")
+    ap.add_argument("--speed", action="store_true", help="add median training speed (only for runs that had the CPU alone)")
     a = ap.parse_args()
     evals: dict[str, dict[int, Path]] = {}
     for spec in a.eval:
@@ -53,8 +55,8 @@ def main() -> None:
     rows = []
     for spec in a.run:
         name, path = spec.split("=", 1)
-        rows += run_rows(name, Path(path), evals.get(name, {}))
-    write(a.name, rows, COLUMNS, {"note": a.note, "runs": a.run, "evals": a.eval})
+        rows += run_rows(name, Path(path), evals.get(name, {}), a.speed)
+    write(a.name, rows, COLUMNS if a.speed else COLUMNS[:-2], {"note": a.note, "runs": a.run, "evals": a.eval})
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from speculators_kit.core.store import StoreReader
-from speculators_kit.train.data import open_stores, split
+from speculators_kit.train.data import check_filled, split
 
 
 def export_store(store: Path, out: Path, draft: Path | None = None, eval_fraction: float = 0.05,
@@ -25,8 +25,7 @@ def export_store(store: Path, out: Path, draft: Path | None = None, eval_fractio
     import datasets
 
     reader = StoreReader(store)
-    # the checks our training applies (unfinished, empty), with the store's own target
-    [reader] = open_stores([str(store)], reader.manifest.target_fingerprint, None)
+    check_filled(store, reader)  # what our training refuses (empty, unfinished), the peer must not get
     train, _ = split([reader], eval_fraction, max_length)
     (out / "hidden_states").mkdir(parents=True, exist_ok=True)
     rows = {"input_ids": [], "loss_mask": [], "seq_len": []}

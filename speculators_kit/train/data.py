@@ -37,17 +37,22 @@ def open_stores(paths: list[str], fingerprint: str, aux_layer_ids: list[int] | N
         if m.layer_ids != first.layer_ids:
             raise SpecKitError(f"store {path} holds layers {m.layer_ids} but {paths[0]} holds "
                                f"{first.layer_ids}; all stores of one run must hold the same layers")
-        if len(reader) == 0:
-            raise SpecKitError(f"store {path} is empty: run speckit datagen to fill it")
-        if m.complete is False:
-            raise SpecKitError(f"store {path} is unfinished ({m.num_samples} samples so far): its speckit "
-                               f"datagen is still running or was stopped; wait for it, or re-run the same "
-                               f"datagen command to finish the store (it resumes)")
+        check_filled(path, reader)
     if aux_layer_ids is not None and aux_layer_ids != first.aux_layer_ids:
         raise SpecKitError(f"the draft needs aux layers {aux_layer_ids} but the stores hold "
                            f"{first.aux_layer_ids} (+ last {first.layer_ids[-1]}); re-run datagen "
                            f"with capture.layers: {aux_layer_ids}")
     return readers
+
+
+def check_filled(path, reader: StoreReader) -> None:
+    """Refuses a store that is empty, or that a datagen run has not finished writing."""
+    if len(reader) == 0:
+        raise SpecKitError(f"store {path} is empty: run speckit datagen to fill it")
+    if reader.manifest.complete is False:
+        raise SpecKitError(f"store {path} is unfinished ({reader.manifest.num_samples} samples so far): its "
+                           f"speckit datagen is still running or was stopped; wait for it, or re-run the same "
+                           f"datagen command to finish the store (it resumes)")
 
 
 def is_eval(sample_id: str, fraction: float) -> bool:

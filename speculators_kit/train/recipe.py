@@ -265,14 +265,23 @@ def _save(run: Run) -> None:
 def _log_train(run: Run, window: dict, bar) -> None:
     if run.log is None:
         return
-    lr = run.engine.get_lr()[0]
     steps = len(window["losses"])
     rate = window["tokens"] / max(window["seconds"], 1e-9)
-    row = {"step": run.step, "loss": sum(window["losses"]) / steps, "lr": lr, "tokens_per_s": rate,
+    lrs = _lrs(run.engine)
+    row = {"step": run.step, "loss": sum(window["losses"]) / steps, **lrs, "tokens_per_s": rate,
            "step_s": window["seconds"] / steps, "epoch": run.epoch}
     run.log.record(row)
     if bar:
-        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+        bar.set_postfix(loss=f"{row['loss']:.4f}", **{k: f"{v:.2e}" for k, v in lrs.items()}, tok_s=f"{rate:.0f}")
+
+
+def _lrs(engine) -> dict:
+    """The scheduled LRs: `lr` is AdamW's (under Muon, its auxiliary AdamW's on the norms), `muon_lr`
+    Muon's. DeepSpeed's Muon puts its own groups first, so the first group alone would show 0.02."""
+    lrs = {}
+    for group in engine.optimizer.param_groups:
+        lrs.setdefault("muon_lr" if group.get("use_muon") else "lr", group["lr"])
+    return dict(sorted(lrs.items()))
 
 
 def _bar(run: Run):

@@ -194,6 +194,12 @@ def test_muon_trains_on_every_zero_stage_and_resumes(train_config, tmp_path):
     for other in ("muon0", "muon2x2"):
         assert all(muon[s] == pytest.approx(curves[other][s], rel=1e-4) for s in muon), (other, curves[other])
     assert any(abs(muon[s] - curves["adamw"][s]) > 1e-3 for s in muon)
+    # logged LRs: one schedule; `lr` is the AdamW one in both runs, Muon's is muon_lr
+    rows = {name: [r for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+                   if "loss" in r] for name in ("adamw", "muon2")}
+    assert [r["lr"] for r in rows["muon2"]] == [r["lr"] for r in rows["adamw"]]
+    assert "muon_lr" not in rows["adamw"][0]
+    assert all(r["muon_lr"] == pytest.approx(r["lr"] * 0.02 / 1e-3) for r in rows["muon2"])
     shutil.rmtree(tmp_path / "muon2" / "checkpoints" / "step-00000006")
     switched = speckit("train", muon_cfg, "--resume", "--set", "optim.kind=adamw")
     assert switched.returncode == 1 and "optimizer:" in switched.stderr and "'kind': 'muon'" in switched.stderr

@@ -272,7 +272,8 @@ def _log_train(run: Run, window: dict, bar) -> None:
            "step_s": window["seconds"] / steps, "epoch": run.epoch}
     run.log.record(row)
     if bar:
-        bar.set_postfix(loss=f"{row['loss']:.4f}", **{k: f"{v:.2e}" for k, v in lrs.items()}, tok_s=f"{rate:.0f}")
+        lr_text = {k: f"{v:.2e}" for k, v in lrs.items()}
+        bar.set_postfix(loss=f"{row['loss']:.4f}", **lr_text, tok_s=f"{rate:.0f}")
 
 
 def _lrs(engine) -> dict:

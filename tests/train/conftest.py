@@ -53,6 +53,9 @@ def speckit(*args, timeout=900):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    return {r["step"]: r["loss"] for r in metrics(run_dir) if "loss" in r}

@@ -1,7 +1,6 @@
 """DeepSpeed training on a tiny store: ZeRO stages and process counts agree, resume replays the
 same curve, checkpoints load as drafts, bad configs fail with one clear line."""
 
-import json
 import os
 import shutil
 
@@ -10,7 +9,7 @@ import yaml
 
 from speculators_kit.cpu_runtime import find_iomp, find_tcmalloc
 from speculators_kit.train.ds import native_bf16
-from tests.train.conftest import losses, speckit
+from tests.train.conftest import losses, metrics, speckit
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +93,7 @@ def test_resume_may_extend_the_schedule_but_not_change_the_optimizer(train_confi
     assert "settings changed since the checkpoint: loss.step_weights 'uniform' -> 'decay', " \
            "train.max_steps 6 -> 12;" in longer.stderr
     assert "from step 3 the LR follows the new schedule" in longer.stderr
-    rows = map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
-    lrs = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    lrs = {r["step"]: r["lr"] for r in metrics(tmp_path / "run") if "lr" in r}
     assert sorted(lrs) == list(range(1, 13)) and lrs[12] == pytest.approx(0.0, abs=1e-12)
     assert lrs[4] > lrs[3]  # the longer cosine sits higher at step 4 than the old one at step 3
 
@@ -116,7 +114,7 @@ def test_bf16_moe_two_layer_checkpoint_is_a_loadable_draft(train_config, tmp_pat
     head = load_draft(tmp_path / "run" / "draft", target_dir=tiny_llama)
     assert len(head.layers) == 2 and head.config.speculators_kit.moe.num_experts == 4
     assert all(getattr(head.config, key) for key in norms) and head.input_norm is not None
-    evals = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "tau" in r]
+    evals = [r for r in metrics(tmp_path / "run") if "tau" in r]
     assert evals and all(r["k"] == 4 and len(r["accept_per_pos"]) == 4 for r in evals)  # serving's k, not ttt_steps
     kept = set((head.d2t + torch.arange(64)).tolist())
     target_rows = shared_target_weight(tiny_llama, "lm_head.weight")[head.d2t + torch.arange(64)]
@@ -195,8 +193,7 @@ def test_muon_trains_on_every_zero_stage_and_resumes(train_config, tmp_path):
         assert all(muon[s] == pytest.approx(curves[other][s], rel=1e-4) for s in muon), (other, curves[other])
     assert any(abs(muon[s] - curves["adamw"][s]) > 1e-3 for s in muon)
     # logged LRs: one schedule; `lr` is the AdamW one in both runs, Muon's is muon_lr
-    rows = {name: [r for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
-                   if "loss" in r] for name in ("adamw", "muon2")}
+    rows = {name: [r for r in metrics(tmp_path / name) if "loss" in r] for name in ("adamw", "muon2")}
     assert [r["lr"] for r in rows["muon2"]] == [r["lr"] for r in rows["adamw"]]
     assert "muon_lr" not in rows["adamw"][0]
     assert all(r["muon_lr"] == pytest.approx(r["lr"] * 0.02 / 1e-3) for r in rows["muon2"])

@@ -63,7 +63,8 @@ def run_one(target, draft, out: Path, base: Path, k, ours, proposer, args) -> di
     step = seconds / steps / target_step
     row = {"k": k, "tau": s["tau"], "tokens / step": s["tokens_per_step"], "draft tokens": s["num_draft_tokens"],
            "tok/s": s["tokens_per_s_speculative"],
-           "speedup": s["speedup"], "identical": s["greedy_identical"], "step / target": step}
+           "speedup": s["speedup"], "identical": s["greedy_identical"], "step / target": step,
+           "clean timing": s["timing_clean"]}
     if stats:
         draft_cost = stats["propose_s"] / stats["steps"] / target_step
         row.update({"draft / target": draft_cost, "verify / target": step - draft_cost,
@@ -84,8 +85,15 @@ def median_rows(repeats: list[list[dict]]) -> list[dict]:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 row[key] = statistics.median(r[key] for r in runs)
         row["identical"] = all(r.get("identical") for r in runs) if "identical" in row else None
+        if "clean timing" in row:  # one contended repeat already skews the median
+            row["clean timing"] = _all_clean(r["clean timing"] for r in runs)
         rows.append(row)
     return rows
+
+
+def _all_clean(flags) -> bool | None:
+    flags = list(flags)
+    return False if False in flags else None if None in flags else True
 
 
 def main() -> None:
@@ -118,7 +126,7 @@ def main() -> None:
             "max_new_tokens": args.tokens, "batch": 1, "draft": args.draft, "date": summary["date"],
             "versions": summary["versions"]}
     columns = ["run", "k", "tau", "tokens / step", "draft tokens", "tok/s", "speedup", "identical",
-               "step / target", "draft / target", "verify / target", "draft passes / step"]
+               "step / target", "draft / target", "verify / target", "draft passes / step", "clean timing"]
     write(args.results, rows, columns, meta)
 
 

@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from speculators_kit.eval import cpu_share
+
 
 def run(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -22,6 +24,7 @@ def run(spec: dict) -> dict:
         model, hf = None, AutoModelForCausalLM.from_pretrained(spec["target"], dtype=torch.float32).eval()
     outputs = [[] for _ in spec["prompts"]]
     per_category: dict[str, dict] = {}
+    started, cpu_before = time.time(), cpu_share.snapshot()
     for i, prompt in enumerate(spec["prompts"]):
         cat = per_category.setdefault(prompt["category"], {
             "num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0, "per_pos": [],
@@ -50,7 +53,8 @@ def run(spec: dict) -> dict:
             per_turn["num_prompts"] += 1
             outputs[i].append(list(ids))
             conv.append({"role": "assistant", "content": text})
-    return {"outputs": outputs, "per_category": per_category,
+    timing = cpu_share.timing(cpu_before, cpu_share.snapshot(), started)
+    return {"outputs": outputs, "per_category": per_category, "timing": timing,
             "versions": {"torch": torch.__version__}}
 
 

@@ -7,6 +7,10 @@ import os
 import time
 from pathlib import Path
 
+from speculators_kit.eval.cpu_share import BUSY_CORES
+
+LABELS = {"target_only": "target only", "speculative": "draft", "ngram": "ngram"}
+
 
 def _stats(per_category: dict) -> dict:
     keys = ("num_drafts", "num_draft_tokens", "num_accepted_tokens", "seconds", "tokens")
@@ -56,7 +60,18 @@ def summarize(results: dict, items, **settings) -> dict:
         summary["proposer_stats"] = results["speculative"]["proposer_stats"]
     if "speculative" in results and "ngram" in results:
         summary["speedup_vs_ngram"] = summary["tokens_per_s_speculative"] / summary["tokens_per_s_ngram"]
+    summary["timing"] = {name: r.get("timing") for name, r in results.items()}
+    summary["timing_clean"] = _timing_clean(summary["timing"])
     return summary
+
+
+def _timing_clean(timing: dict) -> bool | None:
+    """False when another process took a share of the CPU while any run was timed; None when a
+    run (cached before this was recorded) does not say."""
+    others = [(t or {}).get("other_cpu_cores") for t in timing.values()]
+    if any(o is not None and o >= BUSY_CORES for o in others):
+        return False
+    return None if None in others else True
 
 
 def _by_turn(per_category: dict) -> dict:
@@ -100,6 +115,7 @@ def markdown(s: dict) -> str:
                          f"{f(s.get(f'{prefix}tokens_per_step'))} | {acc} | "
                          f"{f(s[f'tokens_per_s_{name}'], '.1f')} | {f(s[f'{prefix}speedup'])} | "
                          f"{s[f'{prefix}greedy_identical']} |")
+    lines += _timing_lines(s.get("timing", {}))
     if s.get("proposer_stats"):
         p = s["proposer_stats"]
         settings = json.dumps(s["proposer"]) if s.get("proposer") else "none set"
@@ -119,6 +135,25 @@ def markdown(s: dict) -> str:
         lines += ["", "| category | prompts | tau |", "|---|---|---|"]
         lines += [f"| {c} | {v['num_prompts']} | {f(v['tau'])} |" for c, v in s["by_category"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _timing_lines(timing: dict) -> list[str]:
+    def one(name, t):
+        if not t or t.get("other_cpu_cores") is None:
+            return f"{LABELS[name]} (when and beside what: not recorded)"
+        return f"{LABELS[name]} {t['started']} (other processes: {t['other_cpu_cores']:.2f} cores)"
+
+    if not timing:
+        return []
+    lines = ["", "Timed: " + ", ".join(one(n, t) for n, t in timing.items()) + "."]
+    for name, t in timing.items():
+        busy = (t or {}).get("other_cpu_cores")
+        if busy is not None and busy >= BUSY_CORES:
+            lines.append(f"**Not a clean measurement:** other processes kept {busy:.2f} of "
+                         f"{t['cpu_count']} cores busy while the {LABELS[name]} run was timed, so its "
+                         f"tokens/s and every speedup that uses it read wrong. Delete runs/{name}.json "
+                         f"next to this report and re-run on a quiet machine to time it again.")
+    return lines
 
 
 def plot(s: dict, path: Path) -> None:

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from speculators_kit.eval import cpu_share
+
 COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 
 
@@ -59,6 +61,7 @@ def run(spec: dict) -> dict:
         categories.setdefault(p["category"], []).append(i)
     outputs: list[list[list[int]]] = [[] for _ in spec["prompts"]]
     per_category = {}
+    started, cpu_before = time.time(), cpu_share.snapshot()
     for category, ids in categories.items():
         before, began, tokens = read_counters(llm), time.perf_counter(), 0
         convs, per_turn = {i: [] for i in ids}, []
@@ -78,6 +81,7 @@ def run(spec: dict) -> dict:
         seconds = time.perf_counter() - began
         per_category[category] = {**delta(read_counters(llm), before), "seconds": seconds,
                                   "tokens": tokens, "num_prompts": len(ids), "per_turn": per_turn}
+    timing = cpu_share.timing(cpu_before, cpu_share.snapshot(), started)
     import torch
     import vllm
 
@@ -85,7 +89,7 @@ def run(spec: dict) -> dict:
 
     # what the engine's processes started with: ours (cpu_runtime) or, when none was set, vLLM's own
     preload = [os.path.basename(p) for p in preload_entries(os.environ.get("LD_PRELOAD", ""))]
-    result = {"outputs": outputs, "per_category": per_category,
+    result = {"outputs": outputs, "per_category": per_category, "timing": timing,
               "versions": {"vllm": vllm.__version__, "torch": torch.__version__, "ld_preload": preload}}
     if stats.is_file():
         final = json.loads(stats.read_text())

@@ -38,8 +38,13 @@ def test_untrained_drafts_are_lossless(smollm2, tmp_path, baseline, kind):
                 "tokens_per_s_target_only", "tokens_per_s_speculative", "speedup", "greedy_identical",
                 "num_prompts", "k", "engine", "versions"):
         assert key in results, key
+    # when each run was timed and what else computed meanwhile, so a contended run cannot pass unseen
+    for name in ("target_only", "speculative"):
+        assert results["timing"][name]["other_cpu_cores"] >= 0.0 and results["timing"][name]["cpu_count"] > 0
+    assert isinstance(results["timing_clean"], bool)
     assert (tmp_path / "eval" / "acceptance.png").stat().st_size > 1000
     assert "| draft |" in (tmp_path / "eval" / "report.md").read_text()
+    assert "Timed: target only 20" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_trained_draft_is_lossless_and_accepted(smollm2, smollm2_trained, tmp_path, baseline):

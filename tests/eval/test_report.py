@@ -67,3 +67,21 @@ def test_turns_are_summed_over_categories_and_ngram_gets_tokens_per_step():
     assert s["ngram_by_turn"] == {}  # a run saved before per-turn counters existed
     md = markdown(s)
     assert "| 2 | draft | 2 | 2.00 | 1.67 |" in md and "| ngram | 3.50 | 1.33 |" in md
+
+
+def test_a_run_timed_beside_other_work_is_flagged():
+    base = _run([[[1]]], 0, 0, 0, [], seconds=10.0, tokens=100)
+    spec = _run([[[1]]], drafts=40, draft_tokens=120, accepted=60, per_pos=[30, 20, 10], seconds=4.0, tokens=100)
+    base["timing"] = {"started": "2026-12-02 14:03 UTC", "other_cpu_cores": 1.4, "cpu_count": 2}
+    spec["timing"] = {"started": "2026-12-03 05:40 UTC", "other_cpu_cores": 0.02, "cpu_count": 2}
+    s = _summary({"target_only": base, "speculative": spec})
+    assert s["timing_clean"] is False
+    md = markdown(s)
+    assert "target only 2026-12-02 14:03 UTC (other processes: 1.40 cores)" in md
+    assert "kept 1.40 of 2 cores busy while the target only run was timed" in md
+    assert "runs/target_only.json" in md and "draft run was timed" not in md
+    base["timing"]["other_cpu_cores"] = 0.1
+    assert _summary({"target_only": base, "speculative": spec})["timing_clean"] is True
+    del base["timing"]  # cached by a version that did not record it
+    s = _summary({"target_only": base, "speculative": spec})
+    assert s["timing_clean"] is None and "target only (when and beside what: not recorded)" in markdown(s)

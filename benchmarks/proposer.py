@@ -33,7 +33,6 @@ from common import write
 from speculators_kit.eval.run import evaluate
 from speculators_kit.target.embedded import resolve_target
 
-
 # "ours" drafts k tokens every step, whatever defaults the draft's config.json carries
 # (a `--budget full` draft ships with early exit on).
 FIXED_K = {"early_exit_threshold": 0, "token_budget": None, "request_budget": None}

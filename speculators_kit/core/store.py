@@ -172,7 +172,7 @@ class StoreReader:
         n, i = self._index[index]
         f, offsets = self._open(n)
         start, end = offsets[i], offsets[i + 1]
-        scale = f.get_slice("scale")[start:end] if "scale" in f.keys() else None
+        scale = f.get_slice("scale")[start:end] if "scale" in f.keys() else None  # noqa: SIM118
         return {
             "token_ids": f.get_slice("token_ids")[start:end].long(),
             "loss_mask": f.get_slice("loss_mask")[start:end].bool(),

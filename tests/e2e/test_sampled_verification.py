@@ -51,7 +51,7 @@ def test_sampled_verification_accepts_like_greedy_at_a_tiny_temperature_and_top_
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, str(script), str(smollm2), str(smollm2_trained / "draft")],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
     runs = json.loads(line.removeprefix("RESULT "))

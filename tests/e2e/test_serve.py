@@ -40,7 +40,7 @@ def get(port, path):
 def server(smollm2, smollm2_trained, tmp_path):
     port = free_port()
     spec = json.dumps({"method": "eagle3", "model": str(smollm2_trained / "draft"), "num_speculative_tokens": 3})
-    log = open(tmp_path / "server.log", "w")
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (the server writes to it until teardown)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "speculators_kit.cli", "serve", str(smollm2),
                              "--speculative-config", spec, "--host", "127.0.0.1", "--port", str(port),

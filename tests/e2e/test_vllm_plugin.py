@@ -97,7 +97,7 @@ def test_a_draft_for_another_target_fails_before_the_engine_starts(tmp_path, smo
     script.write_text(CHECK)
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, str(script), str(target), str(tmp_path / "draft")],
-                          capture_output=True, text=True, timeout=600, env=env)
+                          capture_output=True, text=True, timeout=600, env=env, check=False)
     assert proc.returncode != 0
     assert "speculators_kit: draft" in proc.stderr and "does not fit target" in proc.stderr
     expected = "hidden states of size 64, the target's are 576" if case == "hidden" else "made for another target"

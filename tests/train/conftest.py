@@ -50,7 +50,7 @@ def speckit(*args, timeout=900):
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
     return subprocess.run([sys.executable, "-m", "speculators_kit.cli", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def metrics(run_dir) -> list[dict]:

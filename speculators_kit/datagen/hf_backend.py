@@ -33,9 +33,11 @@ class HFCapture:
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-                 seeds: list[int]) -> list[list[int]]:
+                 seeds: list[int], progress: str | None = None) -> list[list[int]]:
+        from tqdm import tqdm
+
         outs = []
-        for prompt, seed in zip(prompts, seeds):
+        for prompt, seed in tqdm(list(zip(prompts, seeds)), desc=progress, unit="prompt", disable=not progress):
             torch.manual_seed(seed)
             ids = torch.tensor([prompt])
             kwargs = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens}

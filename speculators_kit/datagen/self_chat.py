@@ -81,10 +81,10 @@ def cached(out_dir: Path, turn: int, key: dict, make) -> list[dict]:
     return records
 
 
-def _questions(backend, tokenizer, prefixes: list[list[int]], seed: int) -> list[str | None]:
+def _questions(backend, tokenizer, prefixes: list[list[int]], seed: int, progress: str) -> list[str | None]:
     """One sampled user turn per prefix (None when it came out too short to be a question)."""
     seeds = [seed * 1_000_003 + i for i in range(len(prefixes))]
-    outs = backend.generate(prefixes, QUESTION_TOKENS, 1.0, seeds)
+    outs = backend.generate(prefixes, QUESTION_TOKENS, 1.0, seeds, progress=progress)
     texts = [tokenizer.decode(out, skip_special_tokens=True).strip() for out in outs]
     return [t if len(t) >= 8 else None for t in texts]
 
@@ -99,7 +99,8 @@ def first_questions(backend, tokenizer, data) -> list[dict]:
         # a few spare draws per round: some come out empty or repeat an earlier question
         draws = [leads[i % len(leads)] for i in range(n + n // 8 + 4)]
         seeds = [data.seed * 1_000_003 + attempt * 100_000 + i for i in range(len(draws))]
-        outs = backend.generate([prefixes[lead] for lead in draws], QUESTION_TOKENS, 1.0, seeds)
+        outs = backend.generate([prefixes[lead] for lead in draws], QUESTION_TOKENS, 1.0, seeds,
+                                progress="questions, turn 1" + (f" (round {attempt + 1})" if attempt else ""))
         for lead, out in zip(draws, outs):
             written = tokenizer.decode(out, skip_special_tokens=True)
             text = (lead + written).strip()
@@ -137,5 +138,6 @@ def follow_ups(backend, tokenizer, conversations: list[list[dict]], data, turn: 
         if len(ids) + 2 * QUESTION_TOKENS < data.max_length:
             prefixes.append(ids)
             kept.append(conv)
-    texts = _questions(backend, tokenizer, prefixes, data.seed * 7919 + turn) if prefixes else []
+    texts = (_questions(backend, tokenizer, prefixes, data.seed * 7919 + turn, f"questions, turn {turn}")
+             if prefixes else [])
     return [{"messages": conv + [{"role": "user", "content": q}]} for conv, q in zip(kept, texts) if q]

@@ -63,8 +63,9 @@ class VLLMCapture:
                               detokenize=False, extra_args={"kv_transfer_params": kv} if kv else None)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int | list[int], temperature: float,
-                 seeds: list[int]) -> list[list[int]]:
-        """Generation without capture (Magpie questions, sampled answers).
+                 seeds: list[int], progress: str | None = None) -> list[list[int]]:
+        """Generation without capture (Magpie questions, sampled answers); `progress` names a
+        progress bar (a store's questions take minutes with nothing else to show).
 
         Sampling runs in a second, plain engine: under `extract_hidden_states` vLLM 0.32 proposes
         each request's last token again as a draft and, at temperature > 0, accepts it far too
@@ -84,7 +85,8 @@ class VLLMCapture:
         # and vLLM warns once per request that carries kv_transfer_params there (thousands per store)
         kv = {"speckit_skip": True} if llm is self.llm else None
         params = [self._params(b, temperature, s, kv) for b, s in zip(budgets, seeds)]
-        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                            use_tqdm=_named_bar(progress) if progress else False)
         return [list(o.outputs[0].token_ids) for o in outs]
 
     def capture(self, items, regen) -> list[dict]:
@@ -123,6 +125,13 @@ class VLLMCapture:
         data = load_file(str(path))
         path.unlink()
         return {"token_ids": data["token_ids"].long(), "hidden": data["hidden_states"].float()}
+
+
+def _named_bar(desc: str):
+    """A tqdm factory for LLM.generate(use_tqdm=...) that keeps vLLM's bar but names it `desc`."""
+    from tqdm import tqdm
+
+    return lambda **kw: tqdm(**{**kw, "desc": desc, "unit": "prompt"})
 
 
 def _seed(item, seed: int) -> int:

@@ -121,7 +121,8 @@ def test_self_conversations_go_on_with_the_targets_own_follow_ups(write_config, 
         assert texts[i][:answer_start].endswith("<|im_start|>assistant\n")
         assert texts[i][:answer_start].count("<|im_start|>assistant") == 2  # only the last answer is loss
     assert (tmp_path / "chats" / ".self_prompts.turn2.json").is_file()
-    capsys.readouterr()
+    err = capsys.readouterr().err  # writing a store's questions takes minutes: each turn shows a bar
+    assert "questions, turn 1: 100%" in err and "questions, turn 2: 100%" in err
     assert main(["datagen", str(cfg), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 0
 

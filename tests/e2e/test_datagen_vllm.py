@@ -169,6 +169,22 @@ def test_sampled_answers_are_real_samples(tmp_path, tiny_llama):
     assert total > 100 and repeats / total < 0.1, (repeats, total)
 
 
+
+def test_self_made_conversations_in_vllm(tmp_path, tiny_llama):
+    """`source: self`, the quickstart's data, in vLLM: the sampling engine writes each turn's
+    questions under a named progress bar, the capture engine answers them greedily."""
+    cfg = config(tmp_path, tiny_llama, tmp_path / "self")
+    data = yaml.safe_load(cfg.read_text())
+    data["data"] = {"source": "self", "limit": 6, "seed": 1, "turns": 2, "max_length": 512}
+    cfg.write_text(yaml.safe_dump(data))
+    proc = speckit("datagen", str(cfg))
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert "questions, turn 1: 100%" in out and "questions, turn 2: 100%" in out, out[-3000:]
+    reader = StoreReader(tmp_path / "self")
+    turns = [int(reader[i]["token_ids"].numel()) for i in range(len(reader))]
+    assert 6 < len(reader) <= 12, turns  # 6 first turns, and a follow-up for most of them
+
 ENGINES_GONE = """
 import sys, time, psutil, yaml
 from pathlib import Path

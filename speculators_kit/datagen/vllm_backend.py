@@ -128,10 +128,16 @@ class VLLMCapture:
 
 
 def _named_bar(desc: str):
-    """A tqdm factory for LLM.generate(use_tqdm=...) that keeps vLLM's bar but names it `desc`."""
+    """A tqdm factory for LLM.generate(use_tqdm=...): vLLM's bar over finished requests, named
+    `desc`; the one it also wraps around adding the requests (a second, instant bar) stays hidden."""
     from tqdm import tqdm
 
-    return lambda **kw: tqdm(**{**kw, "desc": desc, "unit": "prompt"})
+    def make(*iterable, **kw):
+        if iterable:
+            return tqdm(*iterable, **{**kw, "disable": True})
+        return tqdm(**{**kw, "desc": desc, "unit": "prompt"})
+
+    return make
 
 
 def _seed(item, seed: int) -> int:

@@ -48,7 +48,10 @@ SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigkill": signal
 def test_killing_speckit_ends_the_grandchildren(tmp_path, how):
     pid_file = tmp_path / "grandchild.pid"
     parent = subprocess.Popen([sys.executable, "-c", (
-        "import sys\n"
+        "import signal, sys\n"
+        # Ctrl-C as from a terminal: run as a shell's background job (`pytest ... &`), the test
+        # inherits SIGINT ignored, and Python then leaves it ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from speculators_kit.cli import _exit_on_sigterm\n"
         "from speculators_kit.procs import call\n"
         "_exit_on_sigterm()\n"

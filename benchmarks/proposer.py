@@ -30,6 +30,7 @@ from pathlib import Path
 
 from common import write
 
+from speculators_kit.eval.cpu_share import all_clean
 from speculators_kit.eval.run import evaluate
 from speculators_kit.target.embedded import resolve_target
 
@@ -85,14 +86,9 @@ def median_rows(repeats: list[list[dict]]) -> list[dict]:
                 row[key] = statistics.median(r[key] for r in runs)
         row["identical"] = all(r.get("identical") for r in runs) if "identical" in row else None
         if "clean timing" in row:  # one contended repeat already skews the median
-            row["clean timing"] = _all_clean(r["clean timing"] for r in runs)
+            row["clean timing"] = all_clean(r["clean timing"] for r in runs)
         rows.append(row)
     return rows
-
-
-def _all_clean(flags) -> bool | None:
-    flags = list(flags)
-    return False if False in flags else None if None in flags else True
 
 
 def main() -> None:

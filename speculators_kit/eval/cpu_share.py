@@ -58,3 +58,16 @@ def other_cores(before: Snapshot | None, after: Snapshot | None) -> float | None
 def timing(before: Snapshot | None, after: Snapshot | None, started: float) -> dict:
     return {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "other_cpu_cores": other_cores(before, after), "cpu_count": os.cpu_count()}
+
+
+def is_clean(timing: dict | None) -> bool | None:
+    """False when other processes kept BUSY_CORES or more busy while the run was timed; None when
+    the run (cached by a version that did not record it) does not say."""
+    busy = (timing or {}).get("other_cpu_cores")
+    return None if busy is None else busy < BUSY_CORES
+
+
+def all_clean(flags) -> bool | None:
+    """Over several runs' is_clean: False when any was contended, else None when any does not say."""
+    flags = list(flags)
+    return False if False in flags else None if None in flags else True

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from speculators_kit.eval.cpu_share import BUSY_CORES
+from speculators_kit.eval.cpu_share import all_clean, is_clean
 
 LABELS = {"target_only": "target only", "speculative": "draft", "ngram": "ngram"}
 
@@ -61,17 +61,8 @@ def summarize(results: dict, items, **settings) -> dict:
     if "speculative" in results and "ngram" in results:
         summary["speedup_vs_ngram"] = summary["tokens_per_s_speculative"] / summary["tokens_per_s_ngram"]
     summary["timing"] = {name: r.get("timing") for name, r in results.items()}
-    summary["timing_clean"] = _timing_clean(summary["timing"])
+    summary["timing_clean"] = all_clean(is_clean(t) for t in summary["timing"].values())
     return summary
-
-
-def _timing_clean(timing: dict) -> bool | None:
-    """False when another process took a share of the CPU while any run was timed; None when a
-    run (cached before this was recorded) does not say."""
-    others = [(t or {}).get("other_cpu_cores") for t in timing.values()]
-    if any(o is not None and o >= BUSY_CORES for o in others):
-        return False
-    return None if None in others else True
 
 
 def _by_turn(per_category: dict) -> dict:
@@ -111,7 +102,7 @@ def markdown(s: dict) -> str:
     for name, prefix in (("speculative", ""), ("ngram", "ngram_")):
         if f"tokens_per_s_{name}" in s:
             acc = ", ".join(f"{a:.2f}" for a in s[f"{prefix}acceptance_per_position"])
-            lines.append(f"| {'draft' if name == 'speculative' else 'ngram'} | {f(s[f'{prefix}tau'])} | "
+            lines.append(f"| {LABELS[name]} | {f(s[f'{prefix}tau'])} | "
                          f"{f(s.get(f'{prefix}tokens_per_step'))} | {acc} | "
                          f"{f(s[f'tokens_per_s_{name}'], '.1f')} | {f(s[f'{prefix}speedup'])} | "
                          f"{s[f'{prefix}greedy_identical']} |")
@@ -140,7 +131,7 @@ def markdown(s: dict) -> str:
 
 def _timing_lines(timing: dict) -> list[str]:
     def one(name, t):
-        if not t or t.get("other_cpu_cores") is None:
+        if is_clean(t) is None:
             return f"{LABELS[name]} (when and beside what: not recorded)"
         return f"{LABELS[name]} {t['started']} (other processes: {t['other_cpu_cores']:.2f} cores)"
 
@@ -148,9 +139,8 @@ def _timing_lines(timing: dict) -> list[str]:
         return []
     lines = ["", "Timed: " + ", ".join(one(n, t) for n, t in timing.items()) + "."]
     for name, t in timing.items():
-        busy = (t or {}).get("other_cpu_cores")
-        if busy is not None and busy >= BUSY_CORES:
-            lines.append(f"**Not a clean measurement:** other processes kept {busy:.2f} of "
+        if is_clean(t) is False:
+            lines.append(f"**Not a clean measurement:** other processes kept {t['other_cpu_cores']:.2f} of "
                          f"{t['cpu_count']} cores busy while the {LABELS[name]} run was timed, so its "
                          f"tokens/s and every speedup that uses it read wrong. Delete runs/{name}.json "
                          f"next to this report and re-run on a quiet machine to time it again.")

@@ -186,6 +186,10 @@ class LossSection(Strict):
     # whose target distributions train the draft: the answers' (what it drafts when serving) or
     # every stored token's, prompts too; the held-out eval scores answers either way
     tokens: Literal["answer", "all"] = "answer"
+    # EAGLE-1's augmentation: in training, each input feature gets uniform noise of up to this share
+    # of its layer's RMS (per token), so the draft learns to read the slightly-off features it
+    # meets when serving; 0 = off
+    feature_noise: float = Field(0.0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _weights_per_step(self):

@@ -39,6 +39,7 @@ class DraftTrainModule(nn.Module):
         self.steps = loss_cfg.ttt_steps
         self.weights = step_weights(loss_cfg.step_weights, self.steps)
         self.all_tokens = loss_cfg.tokens == "all"
+        self.noise = loss_cfg.feature_noise
         tcfg = target_config(target_dir)
         self.eps = tcfg.get("rms_norm_eps", 1e-6)
         norm = load_target_tensors(target_dir, ("model.norm.weight",))["model.norm.weight"]
@@ -68,7 +69,8 @@ class DraftTrainModule(nn.Module):
         hidden = batch["hidden"].to(dtype)
         eagle3 = self.head.config.arch == "eagle3"
         # EAGLE-1 reads the normed last layer, which is also what the target's lm_head reads
-        feats = hidden[..., :-1, :].flatten(-2) if eagle3 else self.normed(hidden[..., -1, :])
+        clean = hidden[..., :-1, :] if eagle3 else self.normed(hidden[..., -1, :])
+        feats = self._noisy(clean).flatten(-2) if eagle3 else self._noisy(clean)
         ids, valid, dist = batch["token_ids"], batch["valid"], batch["dist_mask"]
         doc, pos = batch.get("doc"), batch.get("positions")
         chain = max(chain or self.steps, self.steps)
@@ -81,7 +83,7 @@ class DraftTrainModule(nn.Module):
                                           positions=None if pos is None else pos[:, :-1],
                                           doc_ids=None if doc is None else doc[:, :-1], logits=False,
                                           rows=layer_rows(trained_rows))
-        target_p, plogp, where = self._target_probs(hidden[..., -1, :] if eagle3 else feats, trained_rows,
+        target_p, plogp, where = self._target_probs(hidden[..., -1, :] if eagle3 else clean, trained_rows,
                                                     normed=not eagle3)
         total, matches = 0.0, []
         for j, (out, (trained, mask)) in enumerate(zip(outputs, masks)):
@@ -99,6 +101,15 @@ class DraftTrainModule(nn.Module):
             return total, None
         scored = [m for _, m in masks]
         return total, torch.cat([chain_stats(matches, scored), walk_stats(matches, scored)])
+
+    def _noisy(self, feats: torch.Tensor) -> torch.Tensor:
+        """feats [.., D] plus U(-a, a) * their RMS over D (a = loss.feature_noise), in training only;
+        the targets are computed from the clean last layer."""
+        if not (self.training and self.noise):
+            return feats
+        rms = feats.float().pow(2).mean(-1, keepdim=True).sqrt()
+        noise = (torch.rand(feats.shape, device=feats.device) * 2 - 1) * (self.noise * rms)
+        return (feats.float() + noise).to(feats.dtype)
 
     def _masks(self, j: int, n: int, valid, dist, doc) -> tuple[torch.Tensor, torch.Tensor]:
         """Step j's [B, n] (trained, scored) positions: the step-j prediction at t is of t+1+j."""

@@ -193,3 +193,33 @@ def test_moe_balance_term_covers_every_ttt_step(tiny_llama):
     assert all(m.balance_terms == [] for m in moes)  # evaluation keeps none
     loss.backward()  # and the router learns from it
     assert all(m.gate.weight.grad is not None and m.gate.weight.grad.abs().sum() > 0 for m in moes)
+
+
+def test_feature_noise_perturbs_the_inputs_in_training_only(tiny_llama):
+    """Each layer's features get U(-a, a) * their RMS; the targets stay the clean last layer's, and
+    evaluation reads the clean features."""
+    cfg = draft_config_for_target(tiny_llama, "eagle3", 1, None, [1, 2], 3)
+    a = 0.3
+    module = DraftTrainModule(init_draft(cfg, tiny_llama, "random", seed=2), Path(tiny_llama),
+                              LossSection(kind="kl", ttt_steps=2, step_weights="uniform", feature_noise=a))
+    inputs = []
+    module.head.fc.register_forward_pre_hook(lambda m, args: inputs.append(args[0].detach().clone()))
+    batch, model = batch_for(tiny_llama, [12, 9], answer_from=4, layer_ids=[1, 2, 4])
+    torch.manual_seed(0)
+    loss = module(batch)[0]
+    noisy = inputs[0].view(2, 11, 2, 64)
+    clean = batch["hidden"][:, :-1, :-1, :]
+    bound = a * clean.pow(2).mean(-1, keepdim=True).sqrt()
+    diff = noisy - clean
+    assert (diff.abs() <= bound * (1 + 1e-5)).all()
+    assert (diff.abs() > 0.5 * bound).float().mean() > 0.3  # spread over the range, not a tiny jitter
+    # the loss is the clean objective's on those noisy inputs: the targets did not move
+    moved = dict(batch, hidden=batch["hidden"].clone())
+    moved["hidden"][:, :-1, :-1, :] = noisy
+    with torch.no_grad():
+        expected = naive_loss(module, model, moved, "kl", 2, [1.0, 1.0], list(range(256)))
+    assert torch.allclose(loss, expected.float(), rtol=1e-4, atol=1e-6), (loss, expected)
+    module.eval()
+    inputs.clear()
+    module(batch)
+    assert torch.equal(inputs[0].view(2, 11, 2, 64), clean)

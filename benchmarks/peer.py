@@ -209,7 +209,8 @@ def main() -> None:
         ours["tau vs peer"] = ours["tau"] / peer["tau"]
     ours_optim = json.loads((drafts["ours"].parent / "resolved_config.json").read_text())["optim"]
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "store": a.store, "ours": a.ours,
-            "ours optimizer": ours_optim.get("kind", "adamw"), "steps": a.steps,
+            "ours optimizer": ours_optim.get("kind", "adamw"),
+            "ours weight decay": ours_optim.get("weight_decay", 0.0), "steps": a.steps,
             "tokens per step": a.tokens, "lr": a.lr, "warmup": a.warmup, "k": a.k, "num_prompts": a.num_prompts,
             "max_new_tokens": a.max_new_tokens, "date": time.strftime("%Y-%m-%d")}
     write(a.results, rows, ["prompts", "draft", "tau", "tau vs peer", "acceptance per position", "speedup", "identical",

@@ -5,6 +5,7 @@ Errors name the file, the dotted key and what is allowed; the CLI prints them as
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -301,14 +302,15 @@ KINDS: dict[str, type[Strict]] = {"generate": GenerateConfig, "datagen": Datagen
 
 
 def kind_of(path: Path, data: dict[str, Any]) -> str:
-    """The schema kind: the file's folder under configs/ (configs/<kind>/x.yaml)."""
-    kind = path.parent.name
-    if kind not in KINDS:
-        raise SpecKitError(
-            f"{path}: cannot tell the config kind from its folder {kind!r}; put it under "
-            f"configs/<kind>/ with kind one of: {', '.join(KINDS)}"
-        )
-    return kind
+    """The schema kind: the file's folder under configs/ (configs/<kind>/x.yaml), else the start of
+    its name, as in the configs `speckit quickstart` writes (OUT/configs/train.yaml, datagen-lead-ins.yaml)."""
+    for kind in (path.parent.name, re.split(r"[-_.]", path.name)[0]):
+        if kind in KINDS:
+            return kind
+    raise SpecKitError(
+        f"{path}: cannot tell the config kind from its folder {path.parent.name!r} or its name; put it "
+        f"under configs/<kind>/ or name it <kind>.yaml / <kind>-*.yaml, with kind one of: {', '.join(KINDS)}"
+    )
 
 
 def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:

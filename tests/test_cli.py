@@ -97,3 +97,18 @@ def test_draft_vocab_larger_than_target_is_refused(tiny_llama, tmp_path, capsys)
                         "--out", str(tmp_path / "d")], capsys)
     assert code == 1 and "draft_vocab_size 999 exceeds the target vocab 256" in err
     assert not (tmp_path / "d").exists()
+
+
+def test_config_kind_from_folder_or_name(tmp_path, capsys):
+    """The quickstart writes OUT/configs/train.yaml and datagen-lead-ins.yaml: their names say the
+    kind; a file whose folder and name say nothing gets one line naming both ways."""
+    body = "draft: {path: runs/d}\nprompts: [hi]\n"
+    for name in ("generate.yaml", "generate-short.yaml"):
+        (tmp_path / name).write_text(body)
+        assert run(["validate", str(tmp_path / name)], capsys)[0] == 0
+    (tmp_path / "train.yaml").write_text(body)  # a generate config named train: train's schema
+    code, _, err = run(["validate", str(tmp_path / "train.yaml")], capsys)
+    assert code == 1 and "unknown key 'prompts'" in err
+    (tmp_path / "mine.yaml").write_text(body)
+    code, _, err = run(["validate", str(tmp_path / "mine.yaml")], capsys)
+    assert code == 1 and "configs/<kind>/" in err and "<kind>.yaml" in err and err.count("\n") == 1

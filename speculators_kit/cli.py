@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a YAML config or a draft directory")
     p.add_argument("path")
-    p.add_argument("--kind", default=None, help="config kind when the folder does not tell")
+    p.add_argument("--kind", default=None, help="config kind when neither the folder nor the file name tells")
     p.add_argument("--target", default=None, help="also check a draft against this target")
     p.add_argument("--set", action="append", default=[])
     p.set_defaults(func=cmd_validate)

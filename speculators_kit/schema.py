@@ -308,8 +308,9 @@ def kind_of(path: Path, data: dict[str, Any]) -> str:
         if kind in KINDS:
             return kind
     raise SpecKitError(
-        f"{path}: cannot tell the config kind from its folder {path.parent.name!r} or its name; put it "
-        f"under configs/<kind>/ or name it <kind>.yaml / <kind>-*.yaml, with kind one of: {', '.join(KINDS)}"
+        f"{path}: cannot tell the config kind from its folder {path.parent.name!r} or its name; pass "
+        f"--kind, put it under configs/<kind>/ or name it <kind>.yaml / <kind>-*.yaml, with kind one of: "
+        f"{', '.join(KINDS)}"
     )
 
 

@@ -112,3 +112,4 @@ def test_config_kind_from_folder_or_name(tmp_path, capsys):
     (tmp_path / "mine.yaml").write_text(body)
     code, _, err = run(["validate", str(tmp_path / "mine.yaml")], capsys)
     assert code == 1 and "configs/<kind>/" in err and "<kind>.yaml" in err and err.count("\n") == 1
+    assert "--kind" in err and run(["validate", str(tmp_path / "mine.yaml"), "--kind", "generate"], capsys)[0] == 0

@@ -248,11 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_eval)
 
+    from speculators_kit.quickstart import BUDGETS  # one place for the wall times (the README's too)
+
     p = sub.add_parser("quickstart", help="datagen -> train -> eval on the embedded SmolLM2 target")
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--budget", choices=["small", "full"], default="small",
-                   help="small: 12 min on 2 AVX-512 cores, ~30 on 2 AVX2-only ones; full (~2.5 h on 2 "
-                        "AVX-512 cores, ~7 on 2 AVX2-only ones): the README's published numbers")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="small",
+                   help=f"small: {BUDGETS['small']['wall']}; full ({BUDGETS['full']['wall']}): the "
+                        f"README's published numbers")
     p.add_argument("--gsm8k", default=None, help="GSM8K train JSONL to use instead of self-made chats")
     p.set_defaults(func=cmd_quickstart)
 

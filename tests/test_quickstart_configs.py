@@ -38,3 +38,15 @@ def test_a_training_on_other_stores_is_not_taken_as_done(tmp_path):
     with pytest.raises(SpecKitError, match=r"trained on the stores .* delete .*train and .*eval"):
         check_trained_stores(tmp_path, now)
     check_trained_stores(tmp_path, [str(tmp_path / "." / "store")])  # the same store, another spelling
+
+
+def test_readme_states_the_full_budgets_wall_time():
+    """`speckit quickstart --help` reads the wall times from BUDGETS; the README's command line
+    must say the same (the help had drifted to ~2.5 h while the README said ~4 h)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    line = next(l for l in readme.splitlines() if l.startswith("speckit quickstart --out runs/quickstart "))
+    hours = re.findall(r"~\d+ h", BUDGETS["full"]["wall"])
+    assert len(hours) == 2 and all(h in line for h in hours), (hours, line)

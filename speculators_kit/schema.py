@@ -91,7 +91,9 @@ class CaptureSection(Strict):
     layers: Literal["auto"] | list[int] = "auto"
     dtype: Literal["bf16", "fp16", "fp32", "fp8"] = "bf16"
     batch_size: int = Field(64, ge=1)
-    model_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the target's compute dtype
+    # the target's compute dtype; auto: bfloat16 where the CPU has bf16 instructions (AMX, AVX512-BF16)
+    # or a GPU runs it, else float32
+    model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
 
 
 class StoreOutput(Strict):

@@ -14,6 +14,7 @@ from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.fingerprint import target_fingerprint
 from speculators_kit.core.store import StoreManifest, sample_id
 from speculators_kit.datagen import self_chat
+from speculators_kit.datagen.model_dtype import resolve_model_dtype
 from speculators_kit.datagen.prepare import Prepared, load_tokenizer, prepare, read_records
 from speculators_kit.datagen.writer import StoreWriter
 from speculators_kit.target.embedded import resolve_target
@@ -39,21 +40,23 @@ def build_manifest(cfg, target: Path) -> StoreManifest:
         num_target_layers=num_layers, layer_ids=resolve_layers(cfg.capture.layers, num_layers),
         dtype=cfg.capture.dtype, hidden_size=tcfg["hidden_size"], vocab_size=tcfg["vocab_size"],
         provenance={"created_by": "speckit datagen", "backend": cfg.capture.backend,
+                    "model_dtype": resolve_model_dtype(cfg.capture.model_dtype),
                     "data": cfg.data.model_dump(), "regenerate": cfg.regenerate.model_dump()},
     )
 
 
 def make_backend(cfg, target: Path, layer_ids: list[int], store_dir: Path):
     c = cfg.capture
+    model_dtype = resolve_model_dtype(c.model_dtype)
     if c.backend == "vllm":
         from speculators_kit.datagen.vllm_backend import VLLMCapture, vllm_version_or_error
 
         vllm_version_or_error()
         return VLLMCapture(target, layer_ids, store_dir / STAGING, cfg.data.max_length, c.batch_size,
-                           c.model_dtype, cfg.data.seed)
+                           model_dtype, cfg.data.seed)
     from speculators_kit.datagen.hf_backend import HFCapture
 
-    return HFCapture(target, layer_ids, cfg.data.max_length, c.model_dtype, cfg.data.seed)
+    return HFCapture(target, layer_ids, cfg.data.max_length, model_dtype, cfg.data.seed)
 
 
 class _Engine:
@@ -76,6 +79,8 @@ class _Engine:
 def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
     target = resolve_target(cfg.target.path)
     manifest = build_manifest(cfg, target)
+    if cfg.capture.model_dtype == "auto":
+        log(f"capture.model_dtype auto: the target computes in {manifest.provenance['model_dtype']} here")
     out_dir = Path(cfg.output.dir).expanduser()  # relative to the working directory
     engine = _Engine(cfg, target, manifest.layer_ids, out_dir)
     try:

@@ -14,10 +14,10 @@ from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.fingerprint import target_fingerprint
 from speculators_kit.core.store import StoreManifest, sample_id
 from speculators_kit.datagen import self_chat
-from speculators_kit.datagen.model_dtype import resolve_model_dtype
 from speculators_kit.datagen.prepare import Prepared, load_tokenizer, prepare, read_records
 from speculators_kit.datagen.writer import StoreWriter
 from speculators_kit.target.embedded import resolve_target
+from speculators_kit.train.ds import native_bf16
 
 STAGING = ".staging"
 
@@ -30,6 +30,15 @@ def resolve_layers(layers, num_layers: int) -> list[int]:
         raise SpecKitError(f"capture.layers {bad} out of range: the target has {num_layers} "
                            f"layers, so ids go from 0 (embeddings) to {num_layers}")
     return sorted(set(ids) | {num_layers})
+
+
+def resolve_model_dtype(name: str) -> str:
+    """`auto`: bf16 where the hardware computes in it (as `precision: auto` in training), else fp32.
+    Emulated bf16 is slower than fp32; with AMX bf16 captured 2.28x faster and trained drafts as
+    good (benchmarks/results/capture_model_dtype.*)."""
+    if name != "auto":
+        return name
+    return "bfloat16" if native_bf16() else "float32"
 
 
 def build_manifest(cfg, target: Path) -> StoreManifest:

@@ -3,6 +3,10 @@ hidden states with the same budget, evaluated by the same `speckit eval` (vLLM C
 
     python benchmarks/peer.py --store runs/quickstart/store [--steps 100] [--tokens 2048]
     python benchmarks/peer.py --store runs/qs-full/store --ours runs/qs-full/train --steps 1500 --warmup 50
+    python benchmarks/peer.py --store runs/qs/store --store runs/qs/store-lead-ins ... --ours runs/qs/train
+
+`--store` again adds a store: both train on all of them (the quickstart's `--budget full` trains
+on four).
 
 `--ours RUN` reuses a finished `speckit train` run (the quickstart's) trained on the same store
 with the same budget instead of training ours again; its training time is then not measured.
@@ -33,7 +37,7 @@ import time
 from pathlib import Path
 
 from common import ROOT, speckit, write
-from peer_export import export_store
+from peer_export import export_stores
 
 from speculators_kit.eval.run import evaluate
 from speculators_kit.target.embedded import resolve_target
@@ -59,10 +63,11 @@ def peer_python() -> Path:
     return python
 
 
-def train_ours(store: Path, out: Path, a) -> float:
+def train_ours(stores: list[Path], out: Path, a) -> float:
     began = time.perf_counter()
     speckit("train", str(ROOT / "configs" / "train" / "smollm2-eagle3-1layer.yaml"),
-            "--set", f"data.stores=[{store}]", "--set", f"output.dir={out}", "--set", f"train.max_steps={a.steps}",
+            "--set", f"data.stores=[{','.join(map(str, stores))}]", "--set", f"output.dir={out}",
+            "--set", f"train.max_steps={a.steps}",
             "--set", f"train.micro_batch_tokens={a.tokens}", "--set", f"optim.lr={a.lr}",
             "--set", f"optim.warmup_steps={a.warmup}", "--set", f"train.eval_every={a.steps}",
             "--set", f"train.save_every={a.steps}", "--set", "logging.tensorboard=false")
@@ -95,14 +100,14 @@ def last_checkpoint(out: Path) -> Path:
     return epochs[-1]
 
 
-def reused_ours(run: Path, store: Path, a) -> dict:
+def reused_ours(run: Path, stores: list[Path], a) -> dict:
     """The resolved config of a finished training of ours, if it matches this comparison."""
     config = run / "resolved_config.json"
     if not config.is_file() or not (run / "draft" / "config.json").is_file():
         sys.exit(f"--ours {run}: no finished speckit train run there (needs resolved_config.json "
                  f"and draft/); finish its training or leave out --ours to train ours here")
     cfg = json.loads(config.read_text())
-    want = {("data", "stores"): [str(store.resolve())], ("train", "max_steps"): a.steps,
+    want = {("data", "stores"): [str(p.resolve()) for p in stores], ("train", "max_steps"): a.steps,
             ("train", "micro_batch_tokens"): a.tokens, ("optim", "lr"): a.lr, ("optim", "warmup_steps"): a.warmup}
     for (section, key), value in want.items():
         have = cfg[section][key]
@@ -115,7 +120,7 @@ def reused_ours(run: Path, store: Path, a) -> dict:
 
 
 def same_peer_training(before: dict, now: dict, drafts: dict) -> bool:
-    """The peer trained under `before` settings used this store, budget and our draft's vocabulary."""
+    """The peer trained under `before` settings used these stores, budget and our draft's vocabulary."""
     if not before or {k: v for k, v in before.items() if k != "ours"} != {k: v for k, v in now.items() if k != "ours"}:
         return False
     if not drafts["peer"].is_dir():
@@ -126,19 +131,19 @@ def same_peer_training(before: dict, now: dict, drafts: dict) -> bool:
     return d2t["ours"].equal(d2t["peer"])
 
 
-def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
+def train_both(stores: list[Path], work: Path, target: str, drafts: dict, a) -> dict:
     """Both trainings, or their earlier results when this --work already has them from the same
-    store and training settings (and --fresh is not given): a re-run only re-evaluates, and eval
+    stores and training settings (and --fresh is not given): a re-run only re-evaluates, and eval
     reuses its finished engine runs too."""
     done = work / "train_times.json"
-    settings = {"store": str(store.resolve()), "steps": a.steps, "tokens": a.tokens, "lr": a.lr,
+    settings = {"store": [str(p.resolve()) for p in stores], "steps": a.steps, "tokens": a.tokens, "lr": a.lr,
                 "warmup": a.warmup, "ours": a.ours}
     earlier = json.loads(done.read_text()) if done.is_file() and not a.fresh else {}
     if earlier.get("settings") == settings and all(d.is_dir() for d in drafts.values()):
         return earlier["seconds"]
-    ours_cfg = reused_ours(Path(a.ours), store, a) if a.ours else None
+    ours_cfg = reused_ours(Path(a.ours), stores, a) if a.ours else None
     if ours_cfg is not None and same_peer_training(earlier.get("settings", {}), settings, drafts):
-        # Only our draft changed (another --ours on the same store, budget and vocabulary):
+        # Only our draft changed (another --ours on the same stores, budget and vocabulary):
         # the peer's training stands; the old evaluations go, so everything is re-run side by side.
         shutil.rmtree(work / "eval", ignore_errors=True)
         times = {"ours": None, "peer": earlier["seconds"]["peer"]}
@@ -148,12 +153,12 @@ def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
     work.mkdir(parents=True)
     peer_python()
     if ours_cfg is None:
-        times = {"ours": train_ours(store, work / "ours", a)}
+        times = {"ours": train_ours(stores, work / "ours", a)}
         ours_cfg = json.loads((work / "ours" / "resolved_config.json").read_text())
     else:
         times = {"ours": None}
     vocab = json.loads((drafts["ours"] / "config.json").read_text())["draft_vocab_size"]
-    exported = export_store(store, work / "peer_data", drafts["ours"], ours_cfg["data"]["eval_fraction"],
+    exported = export_stores(stores, work / "peer_data", drafts["ours"], ours_cfg["data"]["eval_fraction"],
                             ours_cfg["data"]["max_length"])
     print(f"peer: {exported} training samples exported to {work / 'peer_data'}")
     (work / "peer").mkdir()
@@ -166,7 +171,8 @@ def train_both(store: Path, work: Path, target: str, drafts: dict, a) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--store", required=True, help="a SmolLM2 hidden-state store (speckit quickstart writes one)")
+    ap.add_argument("--store", required=True, action="append",
+                    help="a SmolLM2 hidden-state store (speckit quickstart writes one); repeat for more")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -183,7 +189,7 @@ def main() -> None:
     target = str(resolve_target("smollm2-135m-instruct"))
     work = Path(a.work)
     drafts = {"ours": Path(a.ours) / "draft" if a.ours else work / "ours" / "draft", "peer": work / "peer_draft"}
-    times = train_both(Path(a.store), work, target, drafts, a)
+    times = train_both([Path(p) for p in a.store], work, target, drafts, a)
     names = {"ours": "speculators_kit", "peer": "speculators 0.9.0"}
     rows = []
     for prompts in a.prompts.split(","):

@@ -1,4 +1,4 @@
-"""Write one of our hidden-state stores in the `speculators` package's (0.9) training layout, so
+"""Write our hidden-state stores in the `speculators` package's (0.9) training layout, so
 the peer trains on exactly the samples and hidden states ours does (our training split: the
 samples our trainer holds out for its own eval are left out here too):
 
@@ -19,18 +19,19 @@ from speculators_kit.core.store import StoreReader
 from speculators_kit.train.data import check_filled, split
 
 
-def export_store(store: Path, out: Path, draft: Path | None = None, eval_fraction: float = 0.05,
+def export_stores(stores: list[Path], out: Path, draft: Path | None = None, eval_fraction: float = 0.05,
                  max_length: int = 1024) -> int:
     """eval_fraction and max_length: our training run's data settings, which decide its split."""
     import datasets
 
-    reader = StoreReader(store)
-    check_filled(store, reader)  # what our training refuses (empty, unfinished), the peer must not get
-    train, _ = split([reader], eval_fraction, max_length)
+    readers = [StoreReader(store) for store in stores]
+    for store, reader in zip(stores, readers):
+        check_filled(store, reader)  # what our training refuses (empty, unfinished), the peer must not get
+    train, _ = split(readers, eval_fraction, max_length)
     (out / "hidden_states").mkdir(parents=True, exist_ok=True)
     rows = {"input_ids": [], "loss_mask": [], "seq_len": []}
     for n, ref in enumerate(train):
-        sample = reader[ref.index]
+        sample = readers[ref.store][ref.index]
         save_file({"token_ids": sample["token_ids"].contiguous(),
                    "hidden_states": sample["hidden"].to(torch.bfloat16).contiguous()},
                   str(out / "hidden_states" / f"hs_{n}.safetensors"))

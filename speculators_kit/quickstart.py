@@ -49,7 +49,9 @@ from speculators_kit.core.errors import SpecKitError
 # 2.95 at steps 2000 / 2500 / 3000, still rising), so the budget now takes the third store and
 # 4000 steps (~3 passes over its 2.6M tokens): held-out τ 3.05, MT-bench τ 2.81 at fixed k,
 # 1.63x as served with early exit, ngram 1.38x in that run (2026-12-02).
-# optim.kind muon, not yet run at this budget: on the first lead-in store alone at 1000 steps it
+# Muon with weight decay 0.1 took 4000 steps to 2.95; 6000 steps (~4.5 passes) to 2.99 and
+# held-out 3.16 (2026-12-05): steps are nearly spent, the rest is data.
+# optim.kind muon: on the first lead-in store alone at 1000 steps it
 # gave held-out τ 2.52 vs AdamW's 2.28 and MT-bench τ 2.31 vs 2.12 (benchmarks/results/optimizer_muon.*).
 # early_exit: the draft's serving default (config.json). On 16 MT-bench questions with the
 # first lead-in draft, 1.47x at fixed k=5, 1.66x at 0.2, 1.69x at 0.4 (medians of 2 repeats):

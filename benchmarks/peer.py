@@ -159,7 +159,7 @@ def train_both(stores: list[Path], work: Path, target: str, drafts: dict, a) -> 
         times = {"ours": None}
     vocab = json.loads((drafts["ours"] / "config.json").read_text())["draft_vocab_size"]
     exported = export_stores(stores, work / "peer_data", drafts["ours"], ours_cfg["data"]["eval_fraction"],
-                            ours_cfg["data"]["max_length"])
+                             ours_cfg["data"]["max_length"])
     print(f"peer: {exported} training samples exported to {work / 'peer_data'}")
     (work / "peer").mkdir()
     times["peer"] = train_peer(work / "peer_data", work / "peer", target, drafts["ours"], vocab, a)

@@ -20,7 +20,7 @@ from speculators_kit.train.data import check_filled, split
 
 
 def export_stores(stores: list[Path], out: Path, draft: Path | None = None, eval_fraction: float = 0.05,
-                 max_length: int = 1024) -> int:
+                  max_length: int = 1024) -> int:
     """eval_fraction and max_length: our training run's data settings, which decide its split."""
     import datasets
 

@@ -13,6 +13,11 @@ with the same budget instead of training ours again; its training time is then n
 Another `--ours` on the same --work keeps the peer's finished training when the store, budget
 and draft vocabulary match, and re-runs every evaluation side by side.
 
+The peer's training saves a checkpoint every tenth of an epoch. If it was stopped (at full budget
+it takes ~6.4 h here, longer than a session), the same command again resumes it from its last
+checkpoint, with the same data order; its `train s` then sums the segments up to their last
+checkpoints (steps redone after a stop are not counted twice).
+
 Both: 1-layer EAGLE-3 on SmolLM2-135M-Instruct, the same samples (our store exported to the
 peer's layout, benchmarks/peer_export.py), the same draft vocabulary (ours, passed to the peer
 as d2t/t2d), 3 training-time-test steps, lr, warmup and cosine decay over the same number of
@@ -84,10 +89,11 @@ def train_peer(data: Path, out: Path, target: str, draft: Path, vocab: int, a) -
             "--optimizer", "adamw", "--weight-decay", "0", "--lr", str(a.lr), "--scheduler-type", "cosine",
             "--scheduler-warmup-steps", str(a.warmup), "--scheduler-total-steps", str(a.steps),
             "--max-steps", str(a.steps), "--epochs", "1000", "--on-missing", "raise",
-            "--save-path", str(out), "--log-dir", str(out / "logs")]
+            # mid-epoch checkpoints, so that a stopped run resumes near where it stopped
+            "--checkpoint-freq", "0.1", "--save-path", str(out), "--log-dir", str(out / "logs")]
     env = dict(os.environ, OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1")
     began = time.perf_counter()
-    with open(out.parent / "peer_train.log", "w") as log:
+    with open(out.parent / "peer_train.log", "a") as log:  # a resumed run appends
         code = subprocess.call([str(peer_python()), str(ROOT / "benchmarks" / "peer_train.py"), *args],
                                stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
@@ -98,6 +104,23 @@ def train_peer(data: Path, out: Path, target: str, draft: Path, vocab: int, a) -
 def last_checkpoint(out: Path) -> Path:
     epochs = sorted((p for p in out.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     return epochs[-1]
+
+
+def checkpointed_seconds(out: Path, began: float) -> float:
+    """How long a stopped training segment that began at `began` (epoch seconds) ran until its
+    last checkpoint: the steps after it are trained again on resume and count there."""
+    saved = [p.stat().st_mtime for p in out.glob("*/training_state.json")]
+    return max(0.0, max(saved, default=began) - began)
+
+
+def resumable_peer(work: Path, settings: dict, fresh: bool) -> dict | None:
+    """The progress record of a peer training this --work began with the same settings and did
+    not finish (the machine or session stopped), or None."""
+    record = work / "peer_progress.json"
+    if fresh or not record.is_file():
+        return None
+    progress = json.loads(record.read_text())
+    return progress if progress["settings"] == settings else None
 
 
 def reused_ours(run: Path, stores: list[Path], a) -> dict:
@@ -149,6 +172,26 @@ def train_both(stores: list[Path], work: Path, target: str, drafts: dict, a) -> 
         times = {"ours": None, "peer": earlier["seconds"]["peer"]}
         done.write_text(json.dumps({"settings": settings, "seconds": times}))
         return times
+    progress = resumable_peer(work, settings, a.fresh)
+    if progress is not None:
+        times = progress["seconds"]
+        times["peer"] += checkpointed_seconds(work / "peer", progress["began"])
+        print(f"peer: resuming its stopped training in {work / 'peer'} from its last checkpoint")
+    else:
+        times = prepare_peer(stores, work, drafts, ours_cfg, a)
+    progress_file = work / "peer_progress.json"
+    progress_file.write_text(json.dumps({"settings": settings, "seconds": times, "began": time.time()}))
+    vocab = json.loads((drafts["ours"] / "config.json").read_text())["draft_vocab_size"]
+    times["peer"] += train_peer(work / "peer_data", work / "peer", target, drafts["ours"], vocab, a)
+    speckit("convert", str(last_checkpoint(work / "peer")), str(drafts["peer"]), "--from", "speculators",
+            "--target", target)
+    done.write_text(json.dumps({"settings": settings, "seconds": times}))
+    progress_file.unlink()
+    return times
+
+
+def prepare_peer(stores: list[Path], work: Path, drafts: dict, ours_cfg: dict | None, a) -> dict:
+    """A fresh --work: ours trained (unless reused), our stores exported for the peer."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     peer_python()
@@ -157,15 +200,11 @@ def train_both(stores: list[Path], work: Path, target: str, drafts: dict, a) -> 
         ours_cfg = json.loads((work / "ours" / "resolved_config.json").read_text())
     else:
         times = {"ours": None}
-    vocab = json.loads((drafts["ours"] / "config.json").read_text())["draft_vocab_size"]
     exported = export_stores(stores, work / "peer_data", drafts["ours"], ours_cfg["data"]["eval_fraction"],
                              ours_cfg["data"]["max_length"])
     print(f"peer: {exported} training samples exported to {work / 'peer_data'}")
     (work / "peer").mkdir()
-    times["peer"] = train_peer(work / "peer_data", work / "peer", target, drafts["ours"], vocab, a)
-    speckit("convert", str(last_checkpoint(work / "peer")), str(drafts["peer"]), "--from", "speculators",
-            "--target", target)
-    done.write_text(json.dumps({"settings": settings, "seconds": times}))
+    times["peer"] = 0.0
     return times
 
 

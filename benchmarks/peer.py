@@ -176,6 +176,9 @@ def train_both(stores: list[Path], work: Path, target: str, drafts: dict, a) -> 
     if progress is not None:
         times = progress["seconds"]
         times["peer"] += checkpointed_seconds(work / "peer", progress["began"])
+        # What the peer saves when it is sent SIGTERM/SIGINT: no step count, so it would resume at
+        # the next epoch; the last mid-epoch checkpoint is the exact place.
+        shutil.rmtree(work / "peer" / "interrupted", ignore_errors=True)
         print(f"peer: resuming its stopped training in {work / 'peer'} from its last checkpoint")
     else:
         times = prepare_peer(stores, work, drafts, ours_cfg, a)

@@ -4,8 +4,9 @@ with the trainer's own command-line flags).
 Its trainer assumes an accelerator: the device comes from `torch.accelerator`, batches and the
 model are moved with `.to(local_rank)` (an int, i.e. CUDA) and its data loader pins memory.
 Runtime patches make it a single-process CPU run and change nothing else: the accelerator is
-reported as the CPU, the "local rank" the trainer moves things to is the CPU device, pinning
-and its timing helper's synchronize, memory probe and final cache flush are no-ops.
+reported as the CPU, the "local rank" the trainer moves things to and the device a resumed run
+loads its checkpoint onto are the CPU device, pinning and its timing helper's synchronize, memory
+probe and final cache flush are no-ops.
 
 One fix of the peer's own: in 0.9.0, `--max-steps` ends an epoch but not the run; every later
 epoch trains one more step while the cosine schedule climbs back up (vllm-project/speculators
@@ -20,7 +21,7 @@ import torch
 
 def cpu_patches() -> None:
     import torch.utils.data._utils.pin_memory as pinning
-    from speculators.train import trainer
+    from speculators.train import checkpointer, trainer
 
     cpu = torch.device("cpu")
     torch.accelerator.current_accelerator = lambda *a, **k: cpu
@@ -28,6 +29,7 @@ def cpu_patches() -> None:
     torch.accelerator.memory_allocated = lambda *a, **k: 0
     torch.cpu.empty_cache = lambda: None
     trainer.get_local_rank = lambda: cpu
+    checkpointer.get_current_device = lambda: "cpu"
     pinning.pin_memory = lambda data, device=None: data
     stop_at_max_steps(trainer.Trainer)
 

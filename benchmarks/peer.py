@@ -14,8 +14,8 @@ Another `--ours` on the same --work keeps the peer's finished training when the 
 and draft vocabulary match, and re-runs every evaluation side by side.
 
 The peer's training saves a checkpoint every tenth of an epoch. If it was stopped (at full budget
-it takes ~6.4 h here, longer than a session), the same command again resumes it from its last
-checkpoint, with the same data order; its `train s` then sums the segments up to their last
+it takes 3-6.4 h here by host, longer than a session), the same command again resumes it from its
+last checkpoint, with the same data order; its `train s` then sums the segments up to their last
 checkpoints (steps redone after a stop are not counted twice).
 
 Both: 1-layer EAGLE-3 on SmolLM2-135M-Instruct, the same samples (our store exported to the

@@ -113,10 +113,9 @@ def checkpointed_seconds(out: Path, began: float) -> float:
     return max(0.0, max(saved, default=began) - began)
 
 
-def resumable_peer(work: Path, settings: dict, fresh: bool) -> dict | None:
+def resumable_peer(record: Path, settings: dict, fresh: bool) -> dict | None:
     """The progress record of a peer training this --work began with the same settings and did
     not finish (the machine or session stopped), or None."""
-    record = work / "peer_progress.json"
     if fresh or not record.is_file():
         return None
     progress = json.loads(record.read_text())
@@ -172,7 +171,8 @@ def train_both(stores: list[Path], work: Path, target: str, drafts: dict, a) -> 
         times = {"ours": None, "peer": earlier["seconds"]["peer"]}
         done.write_text(json.dumps({"settings": settings, "seconds": times}))
         return times
-    progress = resumable_peer(work, settings, a.fresh)
+    progress_file = work / "peer_progress.json"
+    progress = resumable_peer(progress_file, settings, a.fresh)
     if progress is not None:
         times = progress["seconds"]
         times["peer"] += checkpointed_seconds(work / "peer", progress["began"])
@@ -182,7 +182,6 @@ def train_both(stores: list[Path], work: Path, target: str, drafts: dict, a) -> 
         print(f"peer: resuming its stopped training in {work / 'peer'} from its last checkpoint")
     else:
         times = prepare_peer(stores, work, drafts, ours_cfg, a)
-    progress_file = work / "peer_progress.json"
     progress_file.write_text(json.dumps({"settings": settings, "seconds": times, "began": time.time()}))
     vocab = json.loads((drafts["ours"] / "config.json").read_text())["draft_vocab_size"]
     times["peer"] += train_peer(work / "peer_data", work / "peer", target, drafts["ours"], vocab, a)

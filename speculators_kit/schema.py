@@ -193,6 +193,9 @@ class LossSection(Strict):
     # of its layer's RMS (per token), so the draft learns to read the slightly-off features it
     # meets when serving; 0 = off
     feature_noise: float = Field(0.0, ge=0, le=1)
+    # in training, this share of each draft layer's attention and MLP outputs is zeroed (residual
+    # dropout, the rest scaled up to match); 0 = off
+    dropout: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _weights_per_step(self):
@@ -218,6 +221,9 @@ class OptimSection(Strict):
     grad_clip: float = Field(1.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     min_lr_ratio: float = Field(0.0, ge=0, le=1)  # cosine decay floor
+    # > 0: evaluations and saved drafts use an exponential moving average of the weights with this
+    # decay per step (bias-corrected, as Adam's moments); the optimizer steps the raw ones
+    ema: float = Field(0.0, ge=0, lt=1)
 
     @model_validator(mode="after")
     def _muon_keys_need_muon(self):

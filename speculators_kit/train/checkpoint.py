@@ -1,6 +1,6 @@
 """Checkpoints: `checkpoints/step-NNNNNNNN/` = `draft/` (speculator format, loads in stock vLLM)
 + `deepspeed/` (engine, optimizer, schedule) + `state.json` (where the data loop stood, the
-resolved config). Built under a temp name and renamed, so a checkpoint either exists whole or
+resolved config) + with `optim.ema`, `ema.pt` (the weight average the draft holds). Built under a temp name and renamed, so a checkpoint either exists whole or
 not at all; only the newest `keep_last` are kept."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -63,8 +64,9 @@ def export_head(module, target_dir: Path):
 
 
 def save(engine, module, target_dir: Path, out_dir: Path, step: int, state: dict, keep_last: int,
-         provenance: dict, proposer) -> Path:
-    """Collective: every rank calls it. `proposer`: the draft's serving defaults (ProposerSettings)."""
+         provenance: dict, proposer, average=None) -> Path:
+    """Collective: every rank calls it. `proposer`: the draft's serving defaults (ProposerSettings);
+    `average`: the ema.WeightAverage whose weights the draft gets (the engine state keeps the raw ones)."""
     rank = dist.get_rank()
     final = root(out_dir) / f"step-{step:08d}"
     tmp = root(out_dir) / f".step-{step:08d}.tmp"
@@ -75,7 +77,10 @@ def save(engine, module, target_dir: Path, out_dir: Path, step: int, state: dict
     engine.save_checkpoint(str(tmp), tag="deepspeed")
     dist.barrier()
     if rank == 0:
-        head = export_head(module, target_dir)
+        with average.applied() if average else nullcontext():
+            head = export_head(module, target_dir)
+        if average:
+            average.save(tmp)
         kit = head.config.speculators_kit.model_copy(update={"provenance": {**provenance, "step": step},
                                                              "proposer": proposer})
         head.config = head.config.model_copy(update={"speculators_kit": kit})

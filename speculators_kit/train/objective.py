@@ -7,6 +7,8 @@ to the draft vocabulary and renormalised there, as vLLM can only accept draft-vo
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +42,10 @@ class DraftTrainModule(nn.Module):
         self.weights = step_weights(loss_cfg.step_weights, self.steps)
         self.all_tokens = loss_cfg.tokens == "all"
         self.noise = loss_cfg.feature_noise
+        if loss_cfg.dropout:  # hooks, so the head (and what vLLM serves) has no dropout in it
+            for layer in head.layers:
+                for part in (layer.self_attn.o_proj, layer.mlp):
+                    part.register_forward_hook(partial(_residual_dropout, loss_cfg.dropout))
         tcfg = target_config(target_dir)
         self.eps = tcfg.get("rms_norm_eps", 1e-6)
         norm = load_target_tensors(target_dir, ("model.norm.weight",))["model.norm.weight"]
@@ -160,6 +166,10 @@ class DraftTrainModule(nn.Module):
                 terms += m.balance_terms
                 m.balance_terms = []
         return sum(terms) / len(terms) if terms else 0.0
+
+
+def _residual_dropout(p: float, module: nn.Module, args, out: torch.Tensor) -> torch.Tensor:
+    return F.dropout(out, p, module.training)
 
 
 def layer_rows(trained: list[torch.Tensor]) -> list[torch.Tensor | None]:

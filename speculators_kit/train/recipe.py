@@ -35,6 +35,7 @@ class Run:
     held_refs: list
     module: object = None
     engine: object = None
+    average: object = None  # ema.WeightAverage with optim.ema, else None
     identity: dict = field(default_factory=dict)
     step: int = 0
     epoch: int = 0
@@ -72,6 +73,8 @@ def setup(cfg, resume: bool) -> Run:
         state = checkpoint.read_state(ckpt)
         checkpoint.check_resumable(state, run.identity, ckpt)
         run.engine.load_checkpoint(str(ckpt), tag="deepspeed")
+        if run.average:
+            run.average.load(ckpt)
         run.step, run.epoch, run.pos = state["step"], state["epoch"], state["pos"]
     if rank == 0:
         run.log = _Logger(out, cfg, keep_until=run.step if ckpt else 0)
@@ -139,6 +142,7 @@ def _optimizer_identity(optim) -> dict:
     """What a checkpoint's optimizer state fixes. AdamW's keys are the ones recorded before Muon
     existed, so those checkpoints still resume."""
     keys = {"lr", "betas", "weight_decay"} | ({"kind", "muon_lr", "muon_momentum"} if optim.kind == "muon" else set())
+    keys |= {"ema"} if optim.ema else set()  # the average comes back from the checkpoint too
     return optim.model_dump(mode="json", include=keys)
 
 
@@ -162,6 +166,10 @@ def _build_engine(run: Run, head) -> None:
     run.module = DraftTrainModule(head, run.target, cfg.loss, cfg.draft.train_lm_head)
     run.engine, _, _, _ = deepspeed.initialize(model=run.module, config=ds_config(cfg, run.world),
                                                **optimizer_and_schedule(run.module, cfg.optim, cfg.train.max_steps))
+    if cfg.optim.ema:
+        from speculators_kit.train.ema import WeightAverage
+
+        run.average = WeightAverage(run.module, cfg.optim.ema)
 
 
 def train(run: Run) -> dict:
@@ -213,15 +221,36 @@ def _one_step(run: Run, order, per_step: int) -> tuple[float, int]:
         run.engine.step()
         total += float(loss.detach()) / run.cfg.train.grad_accum
         tokens += int(batch["valid"].sum())
+    if run.average:
+        run.average.update()
     stats = torch.tensor([total, tokens], dtype=torch.float64)
     dist.all_reduce(stats)
     return float(stats[0]) / run.world, int(stats[1])
 
 
-@torch.no_grad()
 def evaluate(run: Run) -> dict | None:
+    """Held-out loss and acceptance of the weights a save would write (the average with optim.ema,
+    and then of the raw weights too, as `*_raw`)."""
     if not run.held_refs:
         return None
+    if run.average is None:
+        result = _held_out(run)
+    else:
+        raw = _held_out(run)
+        with run.average.applied():
+            result = _held_out(run) | {"eval_loss_raw": raw["eval_loss"], "tau_raw": raw["tau"]}
+    if run.log:
+        run.log.record(result)
+        raw_note = f" (raw weights: loss {result['eval_loss_raw']:.4f}, tau {result['tau_raw']:.3f})" \
+            if run.average else ""
+        run.log.console(f"eval step {run.step}: loss {result['eval_loss']:.4f}, tau {result['tau']:.3f} "
+                        f"(k={result['k']}; {result['tau_every_position']:.3f} from every position), "
+                        f"acceptance per position {[round(x, 3) for x in result['accept_per_pos']]}{raw_note}")
+    return result
+
+
+@torch.no_grad()
+def _held_out(run: Run) -> dict:
     cfg = run.cfg
     refs = run.held_refs[: cfg.train.eval_samples]
     # Unpacked whatever data.packing says: the same batches, so the eval loss compares across runs.
@@ -239,14 +268,8 @@ def evaluate(run: Run) -> dict | None:
     # τ is the decoding walk's, the one serving reproduces; the every-position mean is kept
     # for comparison with runs before 2026-12-01, which reported it as τ (16% higher).
     tau, per_pos = tau_from_stats(sums[k + 2: 2 * k + 3])
-    result = {"step": run.step, "eval_loss": float(sums[-1]) / len(refs), "tau": tau,
-              "accept_per_pos": per_pos, "tau_every_position": tau_from_stats(sums[: k + 1])[0], "k": k}
-    if run.log:
-        run.log.record(result)
-        run.log.console(f"eval step {run.step}: loss {result['eval_loss']:.4f}, tau {tau:.3f} "
-                        f"(k={k}; {result['tau_every_position']:.3f} from every position), acceptance "
-                        f"per position {[round(x, 3) for x in per_pos]}")
-    return result
+    return {"step": run.step, "eval_loss": float(sums[-1]) / len(refs), "tau": tau,
+            "accept_per_pos": per_pos, "tau_every_position": tau_from_stats(sums[: k + 1])[0], "k": k}
 
 
 def _save(run: Run) -> None:
@@ -255,7 +278,7 @@ def _save(run: Run) -> None:
     provenance = {"created_by": "speckit train", "config": state["config"],
                   "stores": run.identity["samples"]["stores"]}
     ckpt = checkpoint.save(run.engine, run.module, run.target, run.out, run.step, state,
-                           run.cfg.train.keep_last, provenance, run.cfg.proposer)
+                           run.cfg.train.keep_last, provenance, run.cfg.proposer, run.average)
     if run.rank == 0:
         draft = checkpoint.publish_draft(ckpt, run.out)
         run.log.console(f"saved {ckpt} and {draft}")

@@ -223,3 +223,26 @@ def test_feature_noise_perturbs_the_inputs_in_training_only(tiny_llama):
     inputs.clear()
     module(batch)
     assert torch.equal(inputs[0].view(2, 11, 2, 64), clean)
+
+
+def test_dropout_zeroes_layer_outputs_in_training_only(tiny_llama):
+    """loss.dropout zeroes that share of the attention and MLP outputs (scaling the rest), in
+    training only: evaluation gives the loss of the same head without dropout."""
+    cfg = draft_config_for_target(tiny_llama, "eagle3", 1, None, [1, 2], 3)
+    head = init_draft(cfg, tiny_llama, "random", seed=2)
+    plain = DraftTrainModule(init_draft(cfg, tiny_llama, "random", seed=2), Path(tiny_llama),
+                             LossSection(kind="kl", ttt_steps=2))
+    module = DraftTrainModule(head, Path(tiny_llama), LossSection(kind="kl", ttt_steps=2, dropout=0.5))
+    seen = []
+    head.layers[0].mlp.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+    batch, _ = batch_for(tiny_llama, [12, 9], answer_from=4, layer_ids=[1, 2, 4])
+    torch.manual_seed(0)
+    first = module(batch)[0]
+    zeros = torch.cat([(s == 0).float().flatten() for s in seen]).mean()
+    assert 0.4 < zeros < 0.6, zeros
+    assert not torch.allclose(first, module(batch)[0])  # another mask each pass
+    assert not torch.allclose(first, plain(batch)[0])
+    module.eval(), plain.eval()
+    seen.clear()
+    assert torch.equal(module(batch)[0], plain(batch)[0])
+    assert not any((s == 0).any() for s in seen)

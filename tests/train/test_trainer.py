@@ -207,3 +207,36 @@ def test_muon_trains_on_every_zero_stage_and_resumes(train_config, tmp_path):
     # a resume that changes the schedule reads the Muon run's recorded settings back
     longer = speckit("train", muon_cfg, "--resume", "--set", "train.max_steps=8")
     assert longer.returncode == 0 and "train.max_steps 6 -> 8" in longer.stderr, longer.stderr[-3000:]
+
+
+def test_weight_average_is_what_evals_and_drafts_use_and_it_resumes(train_config, tmp_path, tiny_llama):
+    """optim.ema: evaluations report the average and the raw weights; the saved draft holds the
+    average (ema.pt's); a resume restores it, so the run ends with the same
+    average; changing the decay on resume is refused."""
+    import torch
+
+    from speculators_kit.core.format import load_draft
+
+    cfg = train_config(optim={"ema": 0.9})
+    assert speckit("train", cfg).returncode == 0
+    run = tmp_path / "run"
+    evals = [r for r in metrics(run) if "tau" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6]
+    assert evals[0]["eval_loss"] == evals[0]["eval_loss_raw"]  # nothing averaged yet
+    assert evals[-1]["eval_loss"] != pytest.approx(evals[-1]["eval_loss_raw"], rel=1e-6)
+    ckpt = run / "checkpoints" / "step-00000006"
+    average = torch.load(ckpt / "ema.pt", weights_only=True)
+    assert average["updates"] == 6
+    draft = load_draft(run / "draft", tiny_llama).state_dict()
+    scale = 1 / (1 - 0.9**6)  # bias-corrected
+    trained = {name.removeprefix("head."): value * scale for name, value in average["total"].items()}
+    assert trained and all(torch.equal(draft[name], value) for name, value in trained.items())
+    shutil.copy(ckpt / "ema.pt", tmp_path / "uninterrupted.pt")
+    shutil.rmtree(ckpt)
+    changed = speckit("train", cfg, "--resume", "--set", "optim.ema=0.5")
+    assert changed.returncode == 1 and "'ema': 0.9" in changed.stderr, changed.stderr[-2000:]
+    resumed = speckit("train", cfg, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = torch.load(ckpt / "ema.pt", weights_only=True)["total"]
+    before = torch.load(tmp_path / "uninterrupted.pt", weights_only=True)["total"]
+    assert all(torch.allclose(again[name], before[name], rtol=1e-6, atol=1e-7) for name in before)

@@ -1,6 +1,6 @@
 """Training runs side by side: held-out τ and eval loss at each of their evaluation steps (the
 trainer's metrics.jsonl), median training speed (--speed), and `speckit eval` results of their
-checkpoints.
+checkpoints. Runs with `optim.ema` also give the raw weights' held-out τ and loss.
 
     python benchmarks/compare_runs.py --name optimizer_lr_muon \\
         --run adamw=/tmp/exp/train_ttt3 --run muon=/tmp/exp/train_muon \\
@@ -21,12 +21,14 @@ from common import write
 
 COLUMNS = ["run", "step", "held-out τ", "eval loss", "MT-bench τ", "acceptance per position", "identical",
            "train tok/s", "s/step"]
+RAW = ["raw held-out τ", "raw eval loss"]  # optim.ema runs: the weights the optimizer stepped
 
 
 def run_rows(name: str, train_dir: Path, evals: dict[int, Path], speed: bool) -> list[dict]:
     metrics = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in metrics if "loss" in m and m["step"] > 20]  # past start-up and warm caches
     rows = [{"run": name, "step": m["step"], "held-out τ": round(m["tau"], 3), "eval loss": round(m["eval_loss"], 3)}
+            | ({RAW[0]: round(m["tau_raw"], 3), RAW[1]: round(m["eval_loss_raw"], 3)} if "tau_raw" in m else {})
             for m in metrics if "eval_loss" in m and m["step"] > 0]
     for row in rows:
         if row["step"] in evals:
@@ -56,7 +58,8 @@ def main() -> None:
     for spec in a.run:
         name, path = spec.split("=", 1)
         rows += run_rows(name, Path(path), evals.get(name, {}), a.speed)
-    write(a.name, rows, COLUMNS if a.speed else COLUMNS[:-2], {"note": a.note, "runs": a.run, "evals": a.eval})
+    columns = (COLUMNS if a.speed else COLUMNS[:-2]) + (RAW if any(RAW[0] in r for r in rows) else [])
+    write(a.name, rows, columns, {"note": a.note, "runs": a.run, "evals": a.eval})
 
 
 if __name__ == "__main__":

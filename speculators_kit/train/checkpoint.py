@@ -1,7 +1,8 @@
 """Checkpoints: `checkpoints/step-NNNNNNNN/` = `draft/` (speculator format, loads in stock vLLM)
 + `deepspeed/` (engine, optimizer, schedule) + `state.json` (where the data loop stood, the
-resolved config) + with `optim.ema`, `ema.pt` (the weight average the draft holds). Built under a temp name and renamed, so a checkpoint either exists whole or
-not at all; only the newest `keep_last` are kept."""
+resolved config) + with `optim.ema`, `ema.pt` (the weight average the draft holds). Built under
+a temp name and renamed, so a checkpoint either exists whole or not at all; only the newest
+`keep_last` are kept."""
 
 from __future__ import annotations
 

@@ -58,7 +58,10 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     for name, spec in runs.items():
         log(f"eval: {name} on {len(items)} {prompts} prompts ({engine}, k={k}, T={temperature})")
         results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json")
-    settings = _effective_settings(draft, runs.get("speculative", {}).get("additional_config", {}))
+    # the reference loop (--engine hf) drafts k tokens every step: a draft's proposer defaults
+    # are the vLLM plugin's and were not in effect there
+    settings = (_effective_settings(draft, runs.get("speculative", {}).get("additional_config", {}))
+                if engine == "vllm" else None)
     summary = summarize(results, items, k=k, engine=engine, prompts=prompts, temperature=temperature,
                         proposer=settings,
                         draft=draft, target=target)

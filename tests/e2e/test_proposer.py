@@ -10,22 +10,14 @@ import sys
 
 import pytest
 
-from speculators_kit.eval.run import evaluate
+from tests.e2e.conftest import eval_against_baseline
 
 pytestmark = pytest.mark.slow
-N = 50
 
 
-def run(smollm2, draft, out, baseline, proposer=None):
-    (out / "runs").mkdir(parents=True)
-    shutil.copy(baseline, out / "runs" / "target_only.json")
-    return evaluate(str(smollm2), str(draft), "gsm8k", out, N, k=3, max_new_tokens=24, concurrency=8,
-                    log=print, proposer=proposer)
-
-
-@pytest.fixture(scope="module")
-def fixed_k(smollm2, smollm2_trained, smollm2_baseline, tmp_path_factory):
-    return run(smollm2, smollm2_trained / "draft", tmp_path_factory.mktemp("fixed-k"), smollm2_baseline)
+@pytest.fixture()
+def fixed_k(smollm2_trained_eval):
+    return smollm2_trained_eval[1]
 
 
 def test_early_exit_from_the_drafts_config_drafts_less_at_identical_outputs(
@@ -35,7 +27,7 @@ def test_early_exit_from_the_drafts_config_drafts_less_at_identical_outputs(
     config = json.loads((draft / "config.json").read_text())
     config["speculators_kit"]["proposer"] = {"early_exit_threshold": 0.3}
     (draft / "config.json").write_text(json.dumps(config))
-    early = run(smollm2, draft, tmp_path / "eval", smollm2_baseline)
+    early = eval_against_baseline(smollm2, draft, tmp_path / "eval", smollm2_baseline)
     assert early["greedy_identical"] is True and fixed_k["greedy_identical"] is True
     ratio = early["num_draft_tokens"] / fixed_k["num_draft_tokens"]
     print(f"early exit 0.3: {early['num_draft_tokens']} vs {fixed_k['num_draft_tokens']} draft tokens "
@@ -49,19 +41,13 @@ def test_early_exit_from_the_drafts_config_drafts_less_at_identical_outputs(
     # Steps whose draft was cut to nothing still count as steps (vLLM's tau leaves them out).
     assert stats["drafts_empty"] > 0 and 1 <= early["tokens_per_step"] < early["tau"]
     assert early["proposer"] == {"early_exit_threshold": 0.3, "log_interval_s": 30.0}
-    # The same path with the default removed is another draft: the cached run is not reused.
-    del config["speculators_kit"]["proposer"]
-    (draft / "config.json").write_text(json.dumps(config))
-    again = evaluate(str(smollm2), str(draft), "gsm8k", tmp_path / "eval", N, k=3, max_new_tokens=24,
-                     concurrency=8, log=print)
-    assert again["num_draft_tokens"] == fixed_k["num_draft_tokens"] and again["proposer"] is None
 
 
 def test_token_budget_is_never_exceeded_and_changes_no_output(smollm2, smollm2_trained, smollm2_baseline,
                                                               fixed_k, tmp_path):
     budget = 4  # < 8 requests x k=3: binds in every full step
-    capped = run(smollm2, smollm2_trained / "draft", tmp_path / "eval", smollm2_baseline,
-                 proposer={"token_budget": budget, "request_budget": 2})
+    capped = eval_against_baseline(smollm2, smollm2_trained / "draft", tmp_path / "eval", smollm2_baseline,
+                                   proposer={"token_budget": budget, "request_budget": 2})
     assert capped["greedy_identical"] is True
     stats = capped["proposer_stats"]
     assert 0 < stats["max_tokens_in_step"] <= budget

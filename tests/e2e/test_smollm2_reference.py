@@ -1,5 +1,5 @@
 """The reference speculative loop on the real SmolLM2 target: greedy output is token-identical
-to `target.generate` on 20 GSM8K prompts, for a random and a target-last-layer draft."""
+to `target.generate` on 10 GSM8K prompts, for a random and a target-last-layer draft."""
 
 import json
 from pathlib import Path
@@ -11,7 +11,7 @@ from tests.helpers import make_draft
 
 pytestmark = pytest.mark.slow
 GSM8K_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
-NUM_PROMPTS, MAX_NEW = 20, 40
+NUM_PROMPTS, MAX_NEW = 10, 40
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """`speckit eval --engine hf` end to end on a tiny random target: the reference speculative loop
-reproduces target-only greedy output, and every run says when it was timed and beside what."""
+reproduces target-only greedy output, every run says when it was timed and beside what, and a
+cached run is reused until the draft at the same path changes."""
 
 import json
 
@@ -19,3 +20,27 @@ def test_hf_engine_eval_is_lossless_and_records_timing(tiny_llama, tmp_path):
         assert s["timing"][name]["other_cpu_cores"] >= 0.0
     assert isinstance(s["timing_clean"], bool)
     assert "Timed: target only 20" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_a_cached_run_is_reused_until_the_draft_at_its_path_changes(tiny_llama, tmp_path):
+    draft, runs = tmp_path / "draft", tmp_path / "eval" / "runs"
+    make_draft(tiny_llama, draft, "eagle3", 1, init="target-last-layer")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"turns": ["abc ab"]}) + "\n")
+
+    def run():
+        s = evaluate(str(tiny_llama), str(draft), str(prompts), tmp_path / "eval", k=3, max_new_tokens=12,
+                     engine="hf", log=lambda *_: None)
+        return s, {name: (runs / f"{name}.json").stat().st_mtime_ns for name in ("target_only", "speculative")}
+
+    _, first = run()
+    assert run()[1] == first  # same settings, same draft: both runs come from the cache
+    # new serving defaults in config.json: another draft for the speculative run, same target run
+    config = json.loads((draft / "config.json").read_text())
+    config["speculators_kit"]["proposer"] = {"early_exit_threshold": 0.3}
+    (draft / "config.json").write_text(json.dumps(config))
+    s, second = run()
+    assert second["target_only"] == first["target_only"] and second["speculative"] != first["speculative"]
+    assert s["proposer"] is None  # the reference loop does not exit early: not reported as if it had
+    make_draft(tiny_llama, draft, "eagle3", 1, init="random", seed=1)  # retrained at the same path
+    assert run()[1]["speculative"] != second["speculative"]

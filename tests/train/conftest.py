@@ -44,11 +44,12 @@ def train_config(tmp_path, tiny_llama, tiny_store):
     return write
 
 
-def speckit(*args, timeout=900):
-    """Run the CLI in a fresh process (DeepSpeed's process group must not leak between runs)."""
+def speckit(*args, timeout=900, threads=1):
+    """Run the CLI in a fresh process (DeepSpeed's process group must not leak between runs).
+    threads > 1 only for a run that has the machine to itself."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
+    env.update(OMP_NUM_THREADS=str(threads), DS_ACCELERATOR="cpu")
     return subprocess.run([sys.executable, "-m", "speculators_kit.cli", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 

@@ -3,6 +3,8 @@ import shutil
 import pytest
 
 N = 50  # GSM8K test prompts in every vLLM comparison against smollm2_baseline
+# one set of settings for the baseline and every draft, so the baseline's cached run matches
+SETTINGS = {"k": 3, "max_new_tokens": 24, "concurrency": 8, "log": print}
 
 
 def eval_against_baseline(smollm2, draft, out, baseline, proposer=None):
@@ -11,8 +13,7 @@ def eval_against_baseline(smollm2, draft, out, baseline, proposer=None):
 
     (out / "runs").mkdir(parents=True)
     shutil.copy(baseline, out / "runs" / "target_only.json")  # same spec: reused, not re-run
-    return evaluate(str(smollm2), str(draft), "gsm8k", out, N, k=3, max_new_tokens=24, concurrency=8,
-                    log=print, proposer=proposer)
+    return evaluate(str(smollm2), str(draft), "gsm8k", out, N, proposer=proposer, **SETTINGS)
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +23,7 @@ def smollm2_baseline(smollm2, tmp_path_factory):
     from speculators_kit.eval.run import evaluate
 
     out = tmp_path_factory.mktemp("eval-base")
-    evaluate(str(smollm2), None, "gsm8k", out, N, k=3, max_new_tokens=24, concurrency=8, log=print)
+    evaluate(str(smollm2), None, "gsm8k", out, N, **SETTINGS)
     return out / "runs" / "target_only.json"
 
 

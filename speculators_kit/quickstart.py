@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -17,9 +19,10 @@ import yaml
 from speculators_kit.core.errors import SpecKitError
 
 # small: 12 min on a 2-core AVX-512 CPU (2026-12-01: 2.2 target and questions, 2.5 capture, 3.9
-# training in bf16, 3 eval), ~30 min estimated on a 2-core AVX2-only one from the stage rates
-# measured there with 600 samples and 400 steps (40 min: 11 capture, 18.5 training at ~2.6 s/step
-# in fp32, 5 eval). Held-out τ of that run stopped rising by step 300 (1.42/1.59/1.66/1.66 at
+# training in bf16, 3 eval); on 2-core AVX2-only ones ~30 min estimated from the stage rates of
+# 600 samples and 400 steps on one (40 min: 11 capture, 18.5 training at ~2.6 s/step in fp32, 5
+# eval), and 59 min measured on a slower one (2026-12-06, 2.0 GHz: 22 datagen, 24 training at
+# ~5.8 s/step, 13 eval; quickstart_small_avx2_2ghz.*). Held-out τ of that run stopped rising by step 300 (1.42/1.59/1.66/1.66 at
 # 100-400), so 450 samples and 240 steps lose little (held-out 1.64, MT-bench τ 1.30 vs 1.34);
 # 240 samples and 150 steps gave a draft that slowed decoding to 0.79x. full: the README's
 # published numbers, ~4 h on the AVX-512 CPU (~2.3 h datagen, ~64 min training, ~24 min eval);
@@ -60,7 +63,7 @@ BUDGETS = {
     "small": {"samples": 450, "new_tokens": 128, "steps": 240, "tokens": 2048, "warmup": 20,
               "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,
               "eval_tokens": 128, "k": 3, "ngram": False,
-              "wall": "12 min on 2 AVX-512 cores, ~30 on 2 AVX2-only ones"},
+              "wall": "12-13 min on 2 AVX-512 cores, 40-60 on 2 AVX2-only ones"},
     "full": {"samples": 3000, "lead_in_stores": ((2000, 1), (2000, 1), (1000, 2)), "new_tokens": 256,
              "steps": 6000, "tokens": 2048, "warmup": 50, "lr": 1e-3, "init": "random", "loss_on": "all",
              "eval_prompts": 40, "eval_tokens": 256, "k": 5, "ngram": True, "early_exit": 0.3,
@@ -68,7 +71,7 @@ BUDGETS = {
              # (quickstart_full_muon_bf16_fixed_k.*); 6000 steps: 2.99, held-out 3.16 against 3.12
              # (quickstart_full_6000_fixed_k.*, 2026-12-05)
              "optim": {"kind": "muon", "weight_decay": 0.1}, "model_dtype": "auto",
-             "wall": "~4 h on 2 AVX-512 cores, ~12 h on 2 AVX2-only ones"},
+             "wall": "~4 h on 2 AVX-512 cores, ~12 h or more on 2 AVX2-only ones"},
 }
 TARGET = "smollm2-135m-instruct"
 
@@ -133,28 +136,96 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
     from speculators_kit.train.recipe import run_training
 
     out, b = Path(out).expanduser().resolve(), BUDGETS[budget]
-    log(f"1/4 target: {prepare(TARGET)}")
+    clock = StageClock(out / "timings.json", budget)
+    log(f"--budget {budget}: {b['wall']}; this CPU: {clock.entry['cpu_capability']}, "
+        f"{clock.entry['cores']} cores")
+    with clock("target"):
+        log(f"1/4 target: {prepare(TARGET)}")
     stores = datagen_configs(out, b, gsm8k)
     train = train_config(out, b, list(stores))
     check_trained_stores(out, train["data"]["stores"])  # before datagen spends an hour
-    for suffix, data in stores.items():
-        cfg = write_yaml(out / "configs" / f"datagen{suffix}.yaml", data, "datagen")
-        log(f"2/4 datagen: {cfg.data.limit} conversations -> {cfg.output.dir}")
-        datagen(cfg, out / "configs", log=log)
+    with clock("datagen"):
+        for suffix, data in stores.items():
+            cfg = write_yaml(out / "configs" / f"datagen{suffix}.yaml", data, "datagen")
+            log(f"2/4 datagen: {cfg.data.limit} conversations -> {cfg.output.dir}")
+            datagen(cfg, out / "configs", log=log)
     cfg = write_yaml(out / "configs" / "train.yaml", train, "train")
     last = checkpoint.latest(out / "train")
-    if last is not None and checkpoint.read_state(last)["step"] >= b["steps"]:
-        log(f"3/4 train: done ({last})")
-    else:
-        log(f"3/4 train: {b['steps']} steps -> {out / 'train' / 'draft'}")
-        run_training(cfg, resume=last is not None)
+    with clock("train"):
+        if last is not None and checkpoint.read_state(last)["step"] >= b["steps"]:
+            log(f"3/4 train: done ({last})")
+        else:
+            log(f"3/4 train: {b['steps']} steps -> {out / 'train' / 'draft'}")
+            run_training(cfg, resume=last is not None)
     draft = out / "train" / "draft"
-    log(f"4/4 eval: MT-bench, {b['eval_prompts']} prompts, k={b['k']}")
-    summary = evaluate(TARGET, str(draft), "mt-bench", out / "eval", b["eval_prompts"], b["k"], 0.0,
-                       b["eval_tokens"], "vllm", "ngram" if b["ngram"] else None, log=log)
+    with clock("eval"):
+        log(f"4/4 eval: MT-bench, {b['eval_prompts']} prompts, k={b['k']}")
+        summary = evaluate(TARGET, str(draft), "mt-bench", out / "eval", b["eval_prompts"], b["k"], 0.0,
+                           b["eval_tokens"], "vllm", "ngram" if b["ngram"] else None, log=log)
     print((out / "eval" / "report.md").read_text())
+    print(clock.summary())
     print(serve_commands(draft, b["k"]))
     return summary
+
+
+class StageClock:
+    """Times each stage of this invocation and records it in out/timings.json (one entry per
+    invocation, with the CPU it ran on: the budgets' wall times differ ~4x between CPUs here).
+    A stage finished by an earlier invocation takes ~0 s in a resumed one."""
+
+    def __init__(self, path: Path, budget: str):
+        import datetime
+        import os
+
+        import torch
+
+        self.path, self.t0 = path, time.monotonic()
+        self.earlier = _earlier_runs(path)
+        self.entry = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                      "budget": budget, "cpu": _cpu_name(),
+                      "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+                      "stages_s": {}}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t = time.monotonic()
+        yield
+        self.entry["stages_s"][stage] = round(time.monotonic() - t, 1)
+        self.entry["total_s"] = round(time.monotonic() - self.t0, 1)
+        log(f"{stage}: {self.entry['stages_s'][stage] / 60:.1f} min")
+        self._save()
+
+    def _save(self) -> None:
+        from speculators_kit.core.store import write_json_atomic
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, {"runs": [*self.earlier, self.entry]})
+
+    def summary(self) -> str:
+        stages = ", ".join(f"{k} {v / 60:.1f}" for k, v in self.entry["stages_s"].items())
+        return (f"Wall time of this run: {self.entry['total_s'] / 60:.1f} min ({stages}; "
+                f"{self.entry['cpu_capability']}, {self.entry['cores']} cores), in {self.path}\n")
+
+
+def _earlier_runs(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text())["runs"])
+    except (ValueError, KeyError, TypeError):  # a log is not worth stopping the pipeline for
+        path.replace(path.with_name(path.name + ".unreadable"))
+        log(f"{path} was unreadable: moved to {path.name}.unreadable, starting a new one")
+        return []
+
+
+def _cpu_name() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        import platform
+
+        return platform.machine()
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
 
 
 def check_trained_stores(out: Path, stores: list[str]) -> None:

@@ -50,3 +50,28 @@ def test_readme_states_the_full_budgets_wall_time():
     line = next(l for l in readme.splitlines() if l.startswith("speckit quickstart --out runs/quickstart "))
     hours = re.findall(r"~\d+ h", BUDGETS["full"]["wall"])
     assert len(hours) == 2 and all(h in line for h in hours), (hours, line)
+
+
+def test_each_invocation_records_its_stage_times_and_a_resume_keeps_the_earlier_ones(tmp_path):
+    import json
+    import time
+
+    from speculators_kit.quickstart import StageClock
+
+    path = tmp_path / "run" / "timings.json"
+    first = StageClock(path, "small")
+    with first("datagen"):
+        time.sleep(0.2)
+    with pytest.raises(RuntimeError), first("train"):  # a failed stage records nothing
+        raise RuntimeError("killed")
+    again = StageClock(path, "small")
+    with again("datagen"):
+        pass
+    runs = json.loads(path.read_text())["runs"]
+    assert [sorted(r["stages_s"]) for r in runs] == [["datagen"], ["datagen"]]
+    assert runs[0]["stages_s"]["datagen"] >= 0.2 > runs[1]["stages_s"]["datagen"]
+    assert runs[-1]["cores"] >= 1 and runs[-1]["cpu_capability"] and "min" in again.summary()
+    path.write_text("{not json")
+    StageClock(path, "small")._save()
+    assert (path.parent / "timings.json.unreadable").read_text() == "{not json"
+    assert len(json.loads(path.read_text())["runs"]) == 1

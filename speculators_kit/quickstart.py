@@ -22,10 +22,12 @@ from speculators_kit.core.errors import SpecKitError
 # training in bf16, 3 eval); on 2-core AVX2-only ones ~30 min estimated from the stage rates of
 # 600 samples and 400 steps on one (40 min: 11 capture, 18.5 training at ~2.6 s/step in fp32, 5
 # eval), and 59 min measured on a slower one (2026-12-06, 2.0 GHz: 22 datagen, 24 training at
-# ~5.8 s/step, 13 eval; quickstart_small_avx2_2ghz.*). Held-out τ of that run stopped rising by step 300 (1.42/1.59/1.66/1.66 at
-# 100-400), so 450 samples and 240 steps lose little (held-out 1.64, MT-bench τ 1.30 vs 1.34);
-# 240 samples and 150 steps gave a draft that slowed decoding to 0.79x. full: the README's
-# published numbers, ~4 h on the AVX-512 CPU (~2.3 h datagen, ~64 min training, ~24 min eval);
+# ~5.8 s/step, 13 eval; quickstart_small_avx2_2ghz.*). Held-out τ of the 600-sample run
+# stopped rising by step 300 (1.42/1.59/1.66/1.66 at 100-400), so 450 samples and 240 steps
+# lose little (held-out 1.64, MT-bench τ 1.30 vs 1.34); 240 samples and 150 steps gave a draft
+# that slowed decoding to 0.79x, so the small budget is not cut to fit 30 min on the slow host.
+# full: the README's published numbers, ~4 h on the AVX-512 CPU (~2.3 h datagen, ~64 min
+# training, ~24 min eval);
 # ~11 h estimated on the AVX2-only one, where the 3000 questions without lead-ins took ~2 h of
 # datagen (17 min for the questions, ~4 min per 120 answered and captured conversations) and
 # training steps ~3.2 s each:

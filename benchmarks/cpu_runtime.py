@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import ROOT, write
 
-from speculators_kit.cpu_runtime import find_tcmalloc
+from speculators_kit.cpu_runtime import cpu_name, find_tcmalloc
 
 FIXED_K = '{"early_exit_threshold": 0, "token_budget": null, "request_budget": null}'
 
@@ -115,20 +115,13 @@ def main() -> None:
     flags = ("same_tokens", "same_losses")
     rows = [{"runtime": name, **{key: statistics.median(s[key] for s in runs) for key in runs[0] if key not in flags},
              **{flag: all(s[flag] for s in runs) for flag in flags}, "repeats": runs} for name, runs in samples.items()]
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "cpu": _cpu_name(),
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU", "cpu": cpu_name(),
             "draft": a.draft, "prompts": f"{a.prompt_set} x{a.prompts}", "max_new_tokens": a.tokens, "k": a.k,
             "train_config": a.train_config,
             "train_steps": a.train_steps, "repeats": a.repeats, "date": date.today().isoformat()}
     write(a.results, rows, ["runtime", "target_only", "speculative", "speedup", "tau", "target_only_vs_default",
                             "speculative_vs_default", "same_tokens", "train_s_per_step", "train_step_vs_default",
                             "same_losses"], meta)
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -103,3 +103,13 @@ def _cpu_build() -> bool:
         return True
     except importlib.metadata.PackageNotFoundError:
         return False
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the records of timed runs."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")),
+                platform.processor() or platform.machine())

@@ -181,10 +181,12 @@ class StageClock:
 
         import torch
 
+        from speculators_kit.cpu_runtime import cpu_name
+
         self.path, self.t0 = path, time.monotonic()
         self.earlier = _earlier_runs(path)
         self.entry = {"started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                      "budget": budget, "cpu": _cpu_name(),
+                      "budget": budget, "cpu": cpu_name(),
                       "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
                       "stages_s": {}}
 
@@ -218,16 +220,6 @@ def _earlier_runs(path: Path) -> list[dict]:
         path.replace(path.with_name(path.name + ".unreadable"))
         log(f"{path} was unreadable: moved to {path.name}.unreadable, starting a new one")
         return []
-
-
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        import platform
-
-        return platform.machine()
-    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
 
 
 def check_trained_stores(out: Path, stores: list[str]) -> None:

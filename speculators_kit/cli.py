@@ -13,6 +13,21 @@ import threading
 from speculators_kit.core.errors import SpecKitError
 
 
+def at_least(low: float, kind=int):
+    """An argparse type for a number >= low: a bad flag fails at once, naming the flag, rather than
+    after an engine or a target has loaded."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
+
+
 def cmd_target(args) -> int:
     from speculators_kit.target.embedded import prepare
 
@@ -21,13 +36,21 @@ def cmd_target(args) -> int:
 
 
 def cmd_draft(args) -> int:
-    from speculators_kit.core.build import draft_config_for_target, init_draft
-    from speculators_kit.core.config import MoESpec
+    from pydantic import ValidationError
+
+    from speculators_kit.core.build import ARCH_ALIASES, draft_config_for_target, init_draft
+    from speculators_kit.core.config import MoESpec, one_line
     from speculators_kit.core.format import save_draft
     from speculators_kit.target.embedded import resolve_target
 
+    experts = args.experts if args.experts is not None else ARCH_ALIASES[args.arch][1]
+    if args.top_k is not None and not experts:
+        raise SpecKitError("--top-k is for MoE drafts: add --experts N, or use --arch eagle3-moe")
+    try:
+        moe = MoESpec(num_experts=experts, top_k=args.top_k or 2) if experts else None
+    except ValidationError as err:
+        raise SpecKitError(f"--experts / --top-k: {one_line(err)}") from None
     target = resolve_target(args.target)
-    moe = MoESpec(num_experts=args.experts, top_k=args.top_k) if args.experts is not None else None
     provenance = {"created_by": "speckit draft init", "init": args.init, "seed": args.seed,
                   "target": args.target}
     cfg = draft_config_for_target(target, args.arch, args.layers, args.draft_vocab_size,
@@ -39,19 +62,19 @@ def cmd_draft(args) -> int:
 
 def cmd_generate(args) -> int:
     from speculators_kit.api import SpeculativeModel
-    from speculators_kit.schema import GenerateConfig, load_config
+    from speculators_kit.schema import GenerateConfig, load_config, validate
 
     if args.config:
         cfg = load_config(args.config, "generate", args.set)
     else:
         if not (args.draft and args.prompt):
             raise SpecKitError("generate needs --draft and --prompt (or --config FILE)")
-        cfg = GenerateConfig.model_validate({
+        cfg = validate(GenerateConfig, {
             "target": {"path": args.target}, "draft": {"path": args.draft}, "prompts": args.prompt,
             "sampling": {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
                          "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                          "num_speculative_tokens": args.k},
-        })
+        }, "speckit generate")
     model = SpeculativeModel.from_pretrained(cfg.target.path, cfg.draft.path)
     s = cfg.sampling
     for prompt in cfg.prompts:
@@ -182,13 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     init = dsub.add_parser("init", help="write an untrained draft for a target")
     init.add_argument("--target", default="smollm2-135m-instruct", help="HF folder or embedded name")
     init.add_argument("--arch", default="eagle3", choices=["eagle3", "eagle", "hass", "eagle3-moe"])
-    init.add_argument("--layers", type=int, default=1)
+    init.add_argument("--layers", type=at_least(1), default=1)
     init.add_argument("--init", default="random", choices=["random", "target-last-layer"])
-    init.add_argument("--draft-vocab-size", type=int, default=None)
-    init.add_argument("--aux-layers", type=int, nargs="+", default=None)
-    init.add_argument("--experts", type=int, default=None, help="MoE experts per draft layer")
-    init.add_argument("--top-k", type=int, default=2, help="MoE experts per token")
-    init.add_argument("--k", type=int, default=5, help="default speculative tokens")
+    init.add_argument("--draft-vocab-size", type=at_least(1), default=None)
+    init.add_argument("--aux-layers", type=at_least(0), nargs="+", default=None)
+    init.add_argument("--experts", type=at_least(1), default=None, help="MoE experts per draft layer")
+    init.add_argument("--top-k", type=at_least(1), default=None, help="MoE experts per token (default 2)")
+    init.add_argument("--k", type=at_least(1), default=5, help="default speculative tokens")
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--out", required=True)
     init.add_argument("--overwrite", action="store_true")
@@ -200,11 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", help="repeat for several prompts")
     p.add_argument("--config", help="a configs/generate/*.yaml file instead of flags")
     p.add_argument("--set", action="append", default=[], help="override a config key: a.b=c")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=at_least(1), default=128)
+    p.add_argument("--temperature", type=at_least(0.0, float), default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--k", type=int, default=5, help="speculative tokens per step")
+    p.add_argument("--top-k", type=at_least(0), default=0)
+    p.add_argument("--k", type=at_least(1), default=5, help="speculative tokens per step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="also print the stats as JSON")
     p.set_defaults(func=cmd_generate)
@@ -235,13 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="smollm2-135m-instruct")
     p.add_argument("--draft", default=None, help="draft directory (omit for target-only timing)")
     p.add_argument("--prompts", default="mt-bench", help="mt-bench | humaneval | gsm8k | PATH.jsonl")
-    p.add_argument("--num-prompts", type=int, default=None)
-    p.add_argument("--k", type=int, default=5, help="speculative tokens per step")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--num-prompts", type=at_least(1), default=None)
+    p.add_argument("--k", type=at_least(1), default=5, help="speculative tokens per step")
+    p.add_argument("--temperature", type=at_least(0.0, float), default=0.0)
+    p.add_argument("--max-new-tokens", type=at_least(1), default=256)
     p.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     p.add_argument("--baseline", choices=["ngram"], default=None)
-    p.add_argument("--concurrency", type=int, default=1, help="requests in flight (1 = batch 1)")
+    p.add_argument("--concurrency", type=at_least(1), default=1, help="requests in flight (1 = batch 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--proposer", default=None, metavar="JSON",
                    help='early exit / budgets for the draft run, e.g. \'{"early_exit_threshold": 0.3}\'')
@@ -277,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="summarise a hidden-state store")
     p.add_argument("store")
     p.add_argument("--verify", action="store_true", help="re-hash every shard")
-    p.add_argument("--show", type=int, default=0, help="print the first N samples' tokens")
+    p.add_argument("--show", type=at_least(0), default=0, help="print the first N samples' tokens")
     p.set_defaults(func=cmd_inspect)
 
     return parser

@@ -113,3 +113,51 @@ def test_config_kind_from_folder_or_name(tmp_path, capsys):
     code, _, err = run(["validate", str(tmp_path / "mine.yaml")], capsys)
     assert code == 1 and "configs/<kind>/" in err and "<kind>.yaml" in err and err.count("\n") == 1
     assert "--kind" in err and run(["validate", str(tmp_path / "mine.yaml"), "--kind", "generate"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["draft", "init", "--layers", "0"], "--layers"),
+    (["draft", "init", "--draft-vocab-size", "0"], "--draft-vocab-size"),
+    (["draft", "init", "--arch", "eagle3-moe", "--experts", "0"], "--experts"),
+    (["draft", "init", "--aux-layers", "-1", "2", "3"], "--aux-layers"),
+    (["draft", "init", "--k", "0"], "--k"),
+    (["generate", "--draft", "d", "--prompt", "hi", "--k", "0"], "--k"),
+    (["generate", "--draft", "d", "--prompt", "hi", "--temperature", "-0.5"], "--temperature"),
+    (["eval", "--draft", "d", "--k", "0"], "--k"),
+    (["eval", "--draft", "d", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["eval", "--draft", "d", "--num-prompts", "0"], "--num-prompts"),
+    (["eval", "--draft", "d", "--concurrency", "0"], "--concurrency"),
+    (["eval", "--draft", "d", "--temperature", "-1"], "--temperature"),
+    (["eval", "--draft", "d", "--k", "three"], "--k"),
+    (["inspect", "store", "--show", "-1"], "--show"),
+])
+def test_an_out_of_range_number_fails_at_once_naming_the_flag(argv, flag, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        main(argv + ([] if argv[0] == "inspect" else ["--out", str(out)]))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"argument {flag}" in err
+    assert "must be at least" in err or "is not an integer" in err
+    assert not out.exists()
+
+
+def test_draft_init_refuses_a_shape_the_target_cannot_serve(tiny_llama, tmp_path, capsys):
+    def init(*flags):
+        return run(["draft", "init", "--target", str(tiny_llama), "--out", str(tmp_path / "d"), *flags], capsys)
+
+    code, _, err = init("--aux-layers", "1", "2", "99")
+    assert code == 1 and "aux layer 99 does not exist: the target has" in err
+    code, _, err = init("--arch", "eagle3-moe", "--experts", "4", "--top-k", "9")
+    assert code == 1 and "moe.top_k 9 exceeds moe.num_experts 4" in err and "Traceback" not in err
+    code, _, err = init("--top-k", "1")  # not an MoE draft: the flag would do nothing
+    assert code == 1 and "--top-k is for MoE drafts" in err
+    assert not (tmp_path / "d").exists()
+    code, _, _ = init("--arch", "eagle3-moe", "--top-k", "1")  # was ignored without --experts
+    assert code == 0 and read_moe(tmp_path / "d") == (4, 1)
+
+
+def read_moe(draft):
+    from speculators_kit.core.format import read_config
+
+    moe = read_config(draft).speculators_kit.moe
+    return moe.num_experts, moe.top_k

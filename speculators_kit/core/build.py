@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
-from speculators_kit.core.config import FORMAT_VERSION, MoESpec, SpeculatorConfig
+from speculators_kit.core.config import FORMAT_VERSION, MoESpec, SpeculatorConfig, one_line
 from speculators_kit.core.draft import DraftHead
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.fingerprint import target_fingerprint
@@ -64,7 +65,7 @@ def draft_config_for_target(
                          "architectures": tcfg.get("architectures", [])},
         },
         "transformer_layer_config": layer,
-        "draft_vocab_size": draft_vocab_size or vocab,
+        "draft_vocab_size": vocab if draft_vocab_size is None else draft_vocab_size,
         "target_hidden_size": tcfg["hidden_size"],
         "norm_before_residual": False,
         "speculators_kit": {
@@ -76,6 +77,10 @@ def draft_config_for_target(
     }
     if kind == "eagle3":
         aux = aux_layer_ids or default_aux_layers(tcfg["num_hidden_layers"])
+        layers = tcfg["num_hidden_layers"]
+        if max(aux) >= layers:
+            raise SpecKitError(f"aux layer {max(aux)} does not exist: the target has {layers} layers "
+                               f"(0..{layers - 1})")
         data["eagle_aux_hidden_state_layer_ids"] = aux
         # vLLM 0.32 sizes fc from this layer-config key (it assumes 3 aux layers without it).
         layer["num_aux_hidden_states"] = len(aux)
@@ -84,8 +89,8 @@ def draft_config_for_target(
         data["fc_bias"] = False
     try:
         return SpeculatorConfig.model_validate(data)
-    except Exception as err:
-        raise SpecKitError(f"cannot build a draft config for {target_dir}: {err}") from err
+    except ValidationError as err:
+        raise SpecKitError(f"cannot build a draft config for {target_dir}: {one_line(err)}") from err
 
 
 def init_draft(cfg: SpeculatorConfig, target_dir: Path, init: str = "random", seed: int = 0) -> DraftHead:

@@ -52,6 +52,12 @@ class MoESpec(BaseModel):
     top_k: int = Field(2, ge=1)
     intermediate_size: int | None = None  # per expert; defaults to the layer's intermediate_size
 
+    @model_validator(mode="after")
+    def _top_k_fits(self):
+        if self.num_experts and self.top_k > self.num_experts:
+            raise ValueError(f"moe.top_k {self.top_k} exceeds moe.num_experts {self.num_experts}")
+        return self
+
 
 class ProposerSettings(BaseModel):
     """Proposer features our vLLM plugin adds (see core/draft_budget.py). Defaults live in the
@@ -105,7 +111,7 @@ class LayerConfig(BaseModel):
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int | None = None
-    num_hidden_layers: int = 1
+    num_hidden_layers: int = Field(1, ge=1)
     rms_norm_eps: float = 1e-5
     vocab_size: int
     max_position_embeddings: int = 8192
@@ -138,7 +144,7 @@ class SpeculatorConfig(BaseModel):
     architectures: list[str] = Field(default_factory=list)
     speculators_config: SpeculatorsSection
     transformer_layer_config: LayerConfig
-    draft_vocab_size: int
+    draft_vocab_size: int = Field(ge=1)
     target_hidden_size: int | None = None
     eagle_aux_hidden_state_layer_ids: list[int] | None = None
     norm_before_residual: bool = False
@@ -156,8 +162,12 @@ class SpeculatorConfig(BaseModel):
                 f"draft_vocab_size {self.draft_vocab_size} exceeds the target vocab "
                 f"{layer.vocab_size}"
             )
-        if self.speculators_model_type == "eagle3" and not self.eagle_aux_hidden_state_layer_ids:
+        aux = self.eagle_aux_hidden_state_layer_ids
+        if self.speculators_model_type == "eagle3" and not aux:
             raise ValueError("eagle3 drafts need eagle_aux_hidden_state_layer_ids")
+        if aux and (min(aux) < 0 or len(set(aux)) != len(aux)):
+            raise ValueError(f"eagle_aux_hidden_state_layer_ids {aux} must be distinct target layer "
+                             "indices >= 0")
         return self
 
     # Convenience accessors used by the heads.
@@ -211,15 +221,16 @@ def parse_config(data: dict[str, Any], source: str) -> SpeculatorConfig:
     try:
         return SpeculatorConfig.model_validate(data)
     except Exception as err:  # pydantic.ValidationError: reword into one line per problem
-        raise SpecKitError(f"{source}: invalid speculator config: {_one_line(err)}") from err
+        raise SpecKitError(f"{source}: invalid speculator config: {one_line(err)}") from err
 
 
-def _one_line(err: Exception) -> str:
+def one_line(err: Exception) -> str:
     errors = getattr(err, "errors", None)
     if not callable(errors):
         return str(err)
     parts = []
     for e in errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "<root>"
-        parts.append(f"{loc}: {e['msg']}")
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")  # our validators' messages name the keys
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)

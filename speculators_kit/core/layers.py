@@ -148,9 +148,7 @@ class MoEMLP(nn.Module):
 
     def __init__(self, hidden: int, intermediate: int, spec: MoESpec):
         super().__init__()
-        if spec.top_k > spec.num_experts:
-            raise ValueError(f"moe.top_k {spec.top_k} exceeds moe.num_experts {spec.num_experts}")
-        self.top_k = spec.top_k
+        self.top_k = spec.top_k  # <= num_experts: MoESpec refuses more
         self.gate = nn.Linear(hidden, spec.num_experts, bias=False)
         size = spec.intermediate_size or intermediate
         self.experts = nn.ModuleList(MLP(hidden, size) for _ in range(spec.num_experts))

@@ -27,6 +27,8 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     from speculators_kit.core.format import load_draft, read_config
     from speculators_kit.target.embedded import resolve_target
 
+    _check_settings(num_prompts=num_prompts, k=k, temperature=temperature, max_new_tokens=max_new_tokens,
+                    concurrency=concurrency, engine=engine)
     target_dir = resolve_target(target)
     config = None
     if draft:
@@ -67,6 +69,17 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
                         draft=draft, target=target)
     write_report(summary, out)
     return summary
+
+
+def _check_settings(engine: str, **numbers) -> None:
+    """Refuse a setting no engine run could use before the first one starts (each takes minutes)."""
+    lowest = {"num_prompts": 1, "k": 1, "temperature": 0, "max_new_tokens": 1, "concurrency": 1}
+    for name, value in numbers.items():
+        if value is not None and value < lowest[name]:
+            flag = "--" + name.replace("_", "-")
+            raise SpecKitError(f"{name} ({flag}) must be at least {lowest[name]}, got {value}")
+    if engine not in ("vllm", "hf"):
+        raise SpecKitError(f"engine {engine!r} is not one of vllm, hf")
 
 
 def _proposer_settings(proposer: dict, engine: str) -> dict:

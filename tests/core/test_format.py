@@ -105,3 +105,18 @@ def test_existing_output_is_left_untouched(tiny_llama, tmp_path):
     bad(lambda: save_draft(head, tmp_path / "d"), "already exists", "--overwrite")
     assert (tmp_path / "d" / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no temp dirs left behind
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["transformer_layer_config"].update(num_hidden_layers=0), "num_hidden_layers"),
+    (lambda c: c.update(draft_vocab_size=0), "draft_vocab_size"),
+    (lambda c: c.update(eagle_aux_hidden_state_layer_ids=[1, 1, 2]), "must be distinct"),
+    (lambda c: c["speculators_kit"]["moe"].update(num_experts=2, top_k=3), "moe.top_k 3 exceeds moe.num_experts 2"),
+])
+def test_an_impossible_config_is_refused_on_read(tiny_llama, tmp_path, edit, message):
+    make_draft(tiny_llama, tmp_path / "d")
+    path = tmp_path / "d" / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+    bad(lambda: read_config(tmp_path / "d"), "invalid speculator config", message)

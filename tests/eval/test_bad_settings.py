@@ -1,0 +1,22 @@
+"""`evaluate()` (the Python API behind `speckit eval`) refuses a setting no run could use before
+it resolves the target or starts an engine, and leaves nothing at OUT."""
+
+import pytest
+
+from speculators_kit.core.errors import SpecKitError
+from speculators_kit.eval.run import evaluate
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"k": 0}, "k (--k) must be at least 1, got 0"),
+    ({"max_new_tokens": 0}, "max_new_tokens (--max-new-tokens) must be at least 1"),
+    ({"num_prompts": 0}, "num_prompts (--num-prompts) must be at least 1"),
+    ({"concurrency": 0}, "concurrency (--concurrency) must be at least 1"),
+    ({"temperature": -0.1}, "temperature (--temperature) must be at least 0"),
+    ({"engine": "trt"}, "engine 'trt' is not one of vllm, hf"),
+])
+def test_a_setting_no_run_could_use_is_refused_first(tmp_path, setting, message):
+    out = tmp_path / "eval"
+    with pytest.raises(SpecKitError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        evaluate("no-such-target", None, "gsm8k", out, **setting)
+    assert not out.exists()

@@ -64,7 +64,10 @@ class SpeculativeModel:
             ids = self.encode(prompt, chat=chat)
         if ids.shape[1] == 0:
             raise SpecKitError("the prompt is empty")
-        k = num_speculative_tokens or self.draft.config.num_speculative_tokens
+        k = self.draft.config.num_speculative_tokens if num_speculative_tokens is None else num_speculative_tokens
+        if k < 1 or max_new_tokens < 1:  # 0 drafted as the default k, -1 failed deep in the loop
+            raise SpecKitError(f"num_speculative_tokens ({k}) and max_new_tokens ({max_new_tokens}) "
+                               "must be at least 1")
         generator = torch.Generator().manual_seed(seed)
         params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
         tokens, stats = speculative_generate(

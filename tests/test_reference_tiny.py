@@ -15,3 +15,14 @@ def test_greedy_matches_hf_generate(tiny_targets, tmp_path, kind):
         ids = model.encode(prompt)
         expected = model.target.model.generate(ids, max_new_tokens=20, do_sample=False)[0, ids.shape[1]:]
         assert model.generate(ids, max_new_tokens=20, num_speculative_tokens=3).token_ids == expected.tolist()
+
+
+@pytest.mark.parametrize("setting", [{"num_speculative_tokens": 0}, {"num_speculative_tokens": -2},
+                                     {"max_new_tokens": 0}])
+def test_a_count_below_one_is_refused(tiny_llama, tmp_path, setting):
+    from speculators_kit.core.errors import SpecKitError
+
+    make_draft(tiny_llama, tmp_path / "d")
+    model = SpeculativeModel.from_pretrained(tiny_llama, tmp_path / "d")
+    with pytest.raises(SpecKitError, match="must be at least 1"):
+        model.generate("hello", **setting)

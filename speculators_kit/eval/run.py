@@ -35,6 +35,8 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
         config = read_config(draft)  # arch: eagle3 | eagle
         load_draft(draft, target_dir=target_dir)  # refuses a draft made for another target, clearly
     items = load_prompts(prompts, num_prompts)
+    if num_prompts and len(items) < num_prompts:
+        log(f"eval: --num-prompts {num_prompts}, but {prompts} holds {len(items)}: using all {len(items)}")
     from speculators_kit.core.build import target_config
 
     max_len = min(4096, target_config(target_dir).get("max_position_embeddings", 4096))

@@ -20,3 +20,13 @@ def test_a_setting_no_run_could_use_is_refused_first(tmp_path, setting, message)
     with pytest.raises(SpecKitError, match=message.replace("(", r"\(").replace(")", r"\)")):
         evaluate("no-such-target", None, "gsm8k", out, **setting)
     assert not out.exists()
+
+
+def test_asking_for_more_prompts_than_the_set_holds_says_so(tmp_path, tiny_llama):
+    """The run goes on with all of them (the HF engine, no draft: only the target-only pass)."""
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n{"prompt": "yo"}\n')
+    lines = []
+    summary = evaluate(str(tiny_llama), None, str(tmp_path / "p.jsonl"), tmp_path / "eval", num_prompts=5,
+                       max_new_tokens=2, engine="hf", log=lines.append)
+    assert summary["num_prompts"] == 2
+    assert any("--num-prompts 5, but" in line and "holds 2: using all 2" in line for line in lines), lines

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from speculators_kit import cpu_runtime, procs
@@ -21,6 +22,8 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
         return 0
     from speculators_kit.train.ds import free_port
 
+    if hostfile:
+        check_hostfile(hostfile)
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(nproc),
            "--master_port", str(free_port()), "--no_local_rank"]
     if hostfile:
@@ -37,6 +40,30 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
     if not cuda:
         cpu_runtime.preload(env)  # the ranks start here: speckit's own process may lack it
     return procs.call(cmd, env=env)
+
+
+def check_hostfile(path: str) -> None:
+    """DeepSpeed's launcher trains on this machine alone when the hostfile is missing (one warning
+    line among many), and stops with a traceback on a bad line: refuse both here, plainly."""
+    from pathlib import Path
+
+    from speculators_kit.core.errors import SpecKitError
+
+    if not Path(path).is_file():
+        raise SpecKitError(f"--hostfile {path} does not exist (DeepSpeed would train on this machine alone)")
+    hosts = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"(\S+)\s+slots=(\d+)", line)
+        if not match:
+            raise SpecKitError(f"--hostfile {path} line {number}: {line!r} is not 'HOST slots=N'")
+        if match.group(1) in hosts:
+            raise SpecKitError(f"--hostfile {path} line {number}: {match.group(1)} is listed twice")
+        hosts.append(match.group(1))
+    if not hosts:
+        raise SpecKitError(f"--hostfile {path} lists no host: one 'HOST slots=N' line per machine")
 
 
 def _has_cuda() -> bool:

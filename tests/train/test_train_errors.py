@@ -129,3 +129,19 @@ def test_resume_checks_the_sample_split_when_the_checkpoint_recorded_it(tmp_path
         check_resumable({"identity": before}, now, tmp_path)
     with pytest.raises(SpecKitError, match="batches"):  # older keys stay required
         check_resumable({"identity": base | {"batches": {"seed": 1}}}, now, tmp_path)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, r"--hostfile .*hosts does not exist \(DeepSpeed would train on this machine alone\)"),
+    ("# two machines\n", r"lists no host: one 'HOST slots=N' line per machine"),
+    ("worker-1 slots=2\nworker-2 2\n", r"line 2: 'worker-2 2' is not 'HOST slots=N'"),
+    ("worker-1 slots=2\nworker-1 slots=4\n", r"line 2: worker-1 is listed twice"),
+])
+def test_a_hostfile_deepspeed_would_ignore_or_choke_on(train_config, capsys, tmp_path, text, expected):
+    hostfile = tmp_path / "hosts"
+    if text is not None:
+        hostfile.write_text(text)
+    assert main(["train", str(train_config()), "--hostfile", str(hostfile), "--nproc", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(expected, err[0]), err
+    assert not (tmp_path / "run").exists()

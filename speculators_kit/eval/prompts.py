@@ -71,7 +71,11 @@ def _package_rows(name: str) -> list[dict]:
 
 def _gsm8k_rows() -> list[dict]:
     here = Path(__file__).resolve().parents[2]
-    candidates = [os.environ.get("SPECKIT_GSM8K_TEST"), Path.cwd() / "../shared/data/gsm8k/test.jsonl",
+    chosen = os.environ.get("SPECKIT_GSM8K_TEST")
+    if chosen and not Path(chosen).is_file():  # set on purpose: never fall back to other prompts
+        raise SpecKitError(f"SPECKIT_GSM8K_TEST={chosen} is not a file: point it at GSM8K's test.jsonl "
+                           "or unset it")
+    candidates = [chosen, Path.cwd() / "../shared/data/gsm8k/test.jsonl",
                   here.parent / "shared" / "data" / "gsm8k" / "test.jsonl"]
     for c in candidates:
         if c and Path(c).is_file():

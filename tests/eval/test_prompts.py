@@ -69,3 +69,10 @@ def test_gsm8k_from_a_local_file(tmp_path, monkeypatch):
                                                  for i in range(5)])
     monkeypatch.setenv("SPECKIT_GSM8K_TEST", str(path))
     assert [p.turns for p in load_prompts("gsm8k", limit=2)] == [["q0"], ["q1"]]
+
+
+def test_gsm8k_from_a_path_that_is_not_there_is_refused(tmp_path, monkeypatch):
+    # the shared data folder beside the repo holds GSM8K test too: it must not be used instead
+    monkeypatch.setenv("SPECKIT_GSM8K_TEST", str(tmp_path / "tset.jsonl"))
+    with pytest.raises(SpecKitError, match=r"SPECKIT_GSM8K_TEST=.*tset.jsonl is not a file"):
+        load_prompts("gsm8k")

@@ -138,6 +138,9 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
     from speculators_kit.train.recipe import run_training
 
     out, b = Path(out).expanduser().resolve(), BUDGETS[budget]
+    if gsm8k and not Path(gsm8k).expanduser().is_file():  # before the target is built
+        raise SpecKitError(f"--gsm8k {gsm8k} is not a file: give GSM8K's train.jsonl (a 'question' "
+                           "field per line), never its test split")
     clock = StageClock(out / "timings.json", budget)
     log(f"--budget {budget}: {b['wall']}; this CPU: {clock.entry['cpu_capability']}, "
         f"{clock.entry['cores']} cores")
@@ -149,7 +152,8 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
     with clock("datagen"):
         for suffix, data in stores.items():
             cfg = write_yaml(out / "configs" / f"datagen{suffix}.yaml", data, "datagen")
-            log(f"2/4 datagen: {cfg.data.limit} conversations -> {cfg.output.dir}")
+            what = "GSM8K questions" if gsm8k else "conversations"
+            log(f"2/4 datagen: {cfg.data.limit} {what} -> {cfg.output.dir}")
             datagen(cfg, out / "configs", log=log)
     cfg = write_yaml(out / "configs" / "train.yaml", train, "train")
     last = checkpoint.latest(out / "train")

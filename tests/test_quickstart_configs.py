@@ -75,3 +75,12 @@ def test_each_invocation_records_its_stage_times_and_a_resume_keeps_the_earlier_
     StageClock(path, "small")._save()
     assert (path.parent / "timings.json.unreadable").read_text() == "{not json"
     assert len(json.loads(path.read_text())["runs"]) == 1
+
+
+def test_a_gsm8k_file_that_is_not_there_stops_it_before_any_stage(tmp_path, capsys):
+    from speculators_kit.cli import main
+
+    assert main(["quickstart", "--out", str(tmp_path / "qs"), "--gsm8k", str(tmp_path / "train.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "error: --gsm8k" in err and "train.jsonl is not a file" in err
+    assert "1/4 target" not in err and not (tmp_path / "qs").exists()

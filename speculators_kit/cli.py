@@ -332,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # mostly a path given here: a file where a folder goes, no permission, disk full
+        if args.debug:
+            raise
+        print(f"error: {err} (--debug shows where)", file=sys.stderr)
+        return 1
 
 
 def _reexec_with_fast_runtime() -> None:

@@ -161,3 +161,13 @@ def read_moe(draft):
 
     moe = read_config(draft).speculators_kit.moe
     return moe.num_experts, moe.top_k
+
+
+def test_an_output_path_under_a_file_is_one_line(tiny_llama, tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    argv = ["draft", "init", "--target", str(tiny_llama), "--out", str(tmp_path / "afile" / "d")]
+    code, _, err = run(argv, capsys)
+    assert code == 1 and err.startswith("error: ") and str(tmp_path / "afile") in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(OSError):
+        main(["--debug", *argv])

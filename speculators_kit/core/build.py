@@ -76,8 +76,8 @@ def draft_config_for_target(
         },
     }
     if kind == "eagle3":
-        aux = aux_layer_ids or default_aux_layers(tcfg["num_hidden_layers"])
         layers = tcfg["num_hidden_layers"]
+        aux = aux_layer_ids or default_aux_layers(layers)
         if max(aux) >= layers:
             raise SpecKitError(f"aux layer {max(aux)} does not exist: the target has {layers} layers "
                                f"(0..{layers - 1})")

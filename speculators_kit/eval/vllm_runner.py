@@ -90,7 +90,8 @@ def run(spec: dict) -> dict:
     # what the engine's processes started with: ours (cpu_runtime) or, when none was set, vLLM's own
     preload = [os.path.basename(p) for p in preload_entries(os.environ.get("LD_PRELOAD", ""))]
     result = {"outputs": outputs, "per_category": per_category, "timing": timing,
-              "versions": {"vllm": vllm.__version__, "torch": torch.__version__, "ld_preload": preload}}
+              "versions": {**spec.get("engine_versions", {}), "vllm": vllm.__version__, "torch": torch.__version__,
+                           "ld_preload": preload}}
     if stats.is_file():
         final = json.loads(stats.read_text())
         result["proposer_stats"] = {k: v - warmup.get(k, 0) if not k.startswith("max_") else v

@@ -48,3 +48,26 @@ def test_a_cached_run_is_reused_until_the_draft_at_its_path_changes(tiny_llama, 
     assert s["proposer"] is None  # the reference loop does not exit early: not reported as if it had
     make_draft(tiny_llama, draft, "eagle3", 1, init="random", seed=1)  # retrained at the same path
     assert run()[1]["speculative"][1] != second["speculative"][1]
+
+
+def test_a_cached_run_from_another_release_or_unreadable_is_measured_again(tiny_llama, tmp_path):
+    prompts, out, said = tmp_path / "prompts.jsonl", tmp_path / "eval", []
+    prompts.write_text(json.dumps({"turns": ["abc ab"]}) + "\n")
+    cache = out / "runs" / "target_only.json"
+
+    def run():
+        said.clear()
+        return evaluate(str(tiny_llama), None, str(prompts), out, max_new_tokens=6, engine="hf", log=said.append)
+
+    s = run()
+    assert s["engine"] == "hf" and {"speculators-kit", "torch", "transformers"} <= s["versions"].keys()
+    run()
+    assert any("reusing" in line for line in said)
+    old = json.loads(cache.read_text())
+    old["spec"]["engine_versions"]["transformers"] = "4.0.0"  # measured before an upgrade
+    cache.write_text(json.dumps(old))
+    run()
+    assert any("other settings (engine_versions)" in line for line in said), said
+    assert json.loads(cache.read_text())["spec"]["engine_versions"] == s["versions"]
+    cache.write_text('{"spec": ')  # cut short by hand or by a full disk
+    assert run()["num_prompts"] == 1 and any("not a cached run" in line for line in said), said

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def test_switching_engine_in_the_same_out_measures_again(tiny_llama, tmp_path):
     prompts, out = tmp_path / "prompts.jsonl", tmp_path / "eval"
     prompts.write_text(json.dumps({"turns": ["abc ab"]}) + "\n")
-    settings = dict(max_new_tokens=6, log=print)
+    settings = {"max_new_tokens": 6, "log": print}
     hf = evaluate(str(tiny_llama), None, str(prompts), out, engine="hf", **settings)
     assert "vllm" not in hf["versions"]
     served = evaluate(str(tiny_llama), None, str(prompts), out, engine="vllm", **settings)

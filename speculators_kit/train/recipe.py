@@ -83,9 +83,21 @@ def setup(cfg, resume: bool) -> Run:
                         + (f"; resuming at step {run.step} from {ckpt}" if ckpt else ""))
         if cfg.optim.kind == "muon":
             run.log.console(_muon_note(run.module))
+        if note := _schedule_note(cfg.optim.warmup_steps, cfg.train.max_steps):
+            run.log.console(note)
         if ckpt is not None and (note := _resume_note(state["config"], cfg, run.step)):
             run.log.console(note)
     return run
+
+
+def _schedule_note(warmup: int, max_steps: int) -> str | None:
+    """Warmup that lasts the whole run (a short trial of a shipped config, whose warmup is 50):
+    the learning rate never reaches optim.lr nor decays, which the loss curve alone hides."""
+    if warmup < max_steps:
+        return None
+    return (f"train: optim.warmup_steps {warmup} >= train.max_steps {max_steps}: the learning rate only "
+            f"warms up (to {max_steps / warmup:.2g} x optim.lr at the last step) and never decays; set "
+            f"optim.warmup_steps below {max_steps} for the whole schedule")
 
 
 def _muon_note(module) -> str:

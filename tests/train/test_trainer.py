@@ -134,10 +134,13 @@ def test_auto_precision_trains_in_what_the_hardware_computes(train_config, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     chosen = "bf16" if native_bf16() else "fp32"
     assert f"ZeRO 2, {chosen}" in result.stderr and "emulated" not in result.stderr
+    # warmup 2 of 2 steps: said, as the learning rate never decays
+    assert "optim.warmup_steps 2 >= train.max_steps 2: the learning rate only warms up (to 1 x" in result.stderr
     draft = load_draft(tmp_path / "run" / "draft", target_dir=tiny_llama)
     assert draft.config.speculators_kit.provenance["config"]["precision"] == chosen
     resumed = speckit("train", cfg, "--resume", "--set", "train.max_steps=3")  # auto resumes auto
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "optim.warmup_steps" not in resumed.stderr
 
 
 def test_eagle1_and_hass_train(train_config, tmp_path, tiny_llama):

@@ -19,7 +19,9 @@ def read_source(src: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     folder = src if src.is_dir() else src.parent
     config_path = folder / "config.json"
     if not config_path.is_file():
-        raise SpecKitError(f"{config_path} is missing: a source checkpoint needs its config.json")
+        where = f"{src} is a file and its folder {folder.resolve()} has" if src.is_file() else f"{src} has"
+        raise SpecKitError(f"{where} no config.json: a source checkpoint is a folder with config.json "
+                           f"and weights (or a weight file beside its config.json)")
     try:
         config = json.loads(config_path.read_text())
     except ValueError as err:

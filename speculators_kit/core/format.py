@@ -34,7 +34,8 @@ def read_config(draft_dir: str | os.PathLike) -> SpeculatorConfig:
     draft_dir = Path(draft_dir)
     path = draft_dir / "config.json"
     if not draft_dir.is_dir():
-        raise SpecKitError(f"draft directory {draft_dir} does not exist")
+        what = "is a file, not a draft directory" if draft_dir.exists() else "does not exist"
+        raise SpecKitError(f"draft directory {draft_dir} {what}")
     if not path.is_file():
         raise SpecKitError(f"{path} is missing: {draft_dir} is not a draft directory")
     try:

@@ -115,6 +115,7 @@ def _edit(src, change):
     ("vocab", "outside the target vocab"),
     ("pickle", "a pickle that needs code"),
     ("exists", "already exists; pass --overwrite"),
+    ("file", "src.notes.txt is a file and its folder .* has no config.json: a source checkpoint is a folder"),
 ])
 def test_bad_source(tmp_path, tiny_llama, case, expected):
     src, out = tmp_path / "src", tmp_path / "out"
@@ -136,6 +137,10 @@ def test_bad_source(tmp_path, tiny_llama, case, expected):
     elif case == "exists":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
+    elif case == "file":  # a file given where the folder goes (a weight file beside config.json works)
+        (src / "config.json").unlink()
+        (src / "notes.txt").write_text("x")
+        src = src / "notes.txt"
     with pytest.raises(SpecKitError, match=expected):
         run(src, out, tiny_llama, validate=True)
     if case == "exists":

@@ -60,6 +60,8 @@ def bad(fn, *match):
 
 def test_missing_dir(tmp_path):
     bad(lambda: load_draft(tmp_path / "nope"), "does not exist")
+    (tmp_path / "draft.safetensors").write_bytes(b"")
+    bad(lambda: load_draft(tmp_path / "draft.safetensors"), "is a file, not a draft directory")
 
 
 def test_not_a_speculator(tiny_llama):

@@ -76,12 +76,13 @@ def to_messages(record: dict, data, n: int) -> list[dict]:
         if data.prompt_field not in record:
             raise SpecKitError(f"record {n} has no field {data.prompt_field!r} (it has: "
                                f"{', '.join(record)}); set data.prompt_field")
-        messages = [{"role": "user", "content": str(record[data.prompt_field])}]
+        messages = [{"role": "user", "content": _text(record, data.prompt_field, n, "data.prompt_field")}]
         if data.response_field:
             if data.response_field not in record:
                 raise SpecKitError(f"record {n} has no field {data.response_field!r}; set "
                                    f"data.response_field (or null)")
-            messages.append({"role": "assistant", "content": str(record[data.response_field])})
+            messages.append({"role": "assistant",
+                             "content": _text(record, data.response_field, n, "data.response_field")})
         return messages
     turns = record.get("messages", record.get("conversations"))
     if not isinstance(turns, list) or not turns:
@@ -96,6 +97,18 @@ def to_messages(record: dict, data, n: int) -> list[dict]:
                                f"from/value) and text content, got {turn!r:.120}")
         messages.append({"role": role, "content": content})
     return messages
+
+
+def _text(record: dict, field: str, n: int, key: str) -> str:
+    """The field's text; a null, number or empty value would otherwise become "None", "5" or an
+    empty turn in the store without a word."""
+    value = record[field]
+    if not isinstance(value, str) or not value.strip():
+        shown = ("empty" if isinstance(value, str) else "null" if value is None
+                 else f"{type(value).__name__} {value!r:.60}")
+        raise SpecKitError(f"record {n}: {key} {field!r} is {shown}, not text; drop or fill such "
+                           f"records, or point {key} at the text field")
+    return value
 
 
 def render_with_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[bool]]:

@@ -52,6 +52,16 @@ def test_bad_input_names_the_fix_and_writes_nothing(write_config, capsys, tmp_pa
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("value, shown", [(None, "null"), (5, "int 5"), ("  ", "empty")])
+def test_a_prompt_that_is_not_text_is_named_by_its_record(write_config, capsys, tmp_path, value, shown):
+    # before, str() turned these into the prompts "None", "5" and an empty user turn
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "fine"}) + "\n" + json.dumps({"question": value}) + "\n")
+    line = run_fails(capsys, write_config(data={"path": str(bad)}))
+    assert f"record 2: data.prompt_field 'question' is {shown}, not text" in line, line
+    assert not (tmp_path / "store").exists()
+
+
 def test_target_without_tokenizer(write_config, capsys, tmp_path, tiny_llama):
     bare = tmp_path / "bare"
     shutil.copytree(tiny_llama, bare)

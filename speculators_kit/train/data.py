@@ -26,6 +26,7 @@ class Ref:
 
 def open_stores(paths: list[str], fingerprint: str, aux_layer_ids: list[int] | None) -> list[StoreReader]:
     """Readers for every store, refusing stores of another target or without the needed layers."""
+    _refuse_repeats(paths)
     readers = [StoreReader(Path(p).expanduser()) for p in paths]
     first = readers[0].manifest
     for path, reader in zip(paths, readers):
@@ -43,6 +44,17 @@ def open_stores(paths: list[str], fingerprint: str, aux_layer_ids: list[int] | N
                            f"{first.aux_layer_ids} (+ last {first.layer_ids[-1]}); re-run datagen "
                            f"with capture.layers: {aux_layer_ids}")
     return readers
+
+
+def _refuse_repeats(paths: list[str]) -> None:
+    """A store listed twice (also as `store` and `./store/`) would silently count every sample twice."""
+    seen: dict[Path, str] = {}
+    for path in paths:
+        key = Path(path).expanduser().resolve()
+        if key in seen:
+            raise SpecKitError(f"data.stores lists the store {key} twice ({seen[key]!r} and {path!r}); "
+                               f"list each store once")
+        seen[key] = path
 
 
 def check_filled(path, reader: StoreReader) -> None:

@@ -57,6 +57,8 @@ def test_store_problems(train_config, capsys, tmp_path, tiny_store, tiny_targets
     fails(capsys, cfg, tmp_path, r"holds layers \[4\] but .* holds \[1, 2, 4\]")
     fails(capsys, train_config(data={"stores": [str(tmp_path / "nope")]}), tmp_path,
           r"store .*nope does not exist \(run `speckit datagen`")
+    twice = [str(tiny_store), str(tiny_store) + "/./"]  # one store, two spellings: every sample counted twice
+    fails(capsys, train_config(data={"stores": twice}), tmp_path, r"data.stores lists the store .* twice .*list each store once")
     assert StoreReader(tiny_store).manifest.complete is True  # datagen finished it
     unfinished = tmp_path / "unfinished"
     shutil.copytree(tiny_store, unfinished)

@@ -46,10 +46,17 @@ def check_resumable(state: dict, identity: dict, ckpt: Path) -> None:
     recorded = [k for k in RESUME_KEYS if k in state["identity"] or k not in SINCE_2026_12]
     changed = [k for k in recorded if state["identity"].get(k) != identity.get(k)]
     if changed:
-        details = "; ".join(f"{k}: checkpoint {state['identity'].get(k)!r}, now {identity.get(k)!r}"
-                            for k in changed)
+        details = "; ".join(d for k in changed for d in _differences(k, state["identity"].get(k), identity.get(k)))
         raise SpecKitError(f"cannot resume from {ckpt}: the run changed ({details}). Restore the "
                            f"old settings, or start a new run in another output.dir")
+
+
+def _differences(key: str, old, new) -> list[str]:
+    """`draft.num_layers: checkpoint 1, now 2` rather than both whole sections."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(old.keys() | new.keys(), key=str) if old.get(k) != new.get(k)
+                for d in _differences(f"{key}.{k}", old.get(k), new.get(k))]
+    return [f"{key}: checkpoint {old!r}, now {new!r}"]
 
 
 def export_head(module, target_dir: Path):

@@ -102,7 +102,7 @@ def cmd_validate(args) -> int:
         cfg = read_config(path)
         if args.target:
             load_draft(path, target_dir=resolve_target(args.target))
-        print(f"ok: {path} is a {cfg.arch} draft ({cfg.layer.num_hidden_layers} layer(s), "
+        print(f"ok: {path} is an {cfg.arch} draft ({cfg.layer.num_hidden_layers} layer(s), "
               f"draft vocab {cfg.draft_vocab_size})" + (f", matches {args.target}" if args.target else ""))
         return 0
     from speculators_kit.schema import load_config
@@ -321,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:  # vLLM parses its own arguments
         from speculators_kit.serve import serve
 
-        serve(argv[1:])
+        try:
+            serve(argv[1:])
+        except SpecKitError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
         return 0
     args = build_parser().parse_args(argv)
     _exit_on_sigterm()

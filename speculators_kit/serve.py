@@ -13,17 +13,49 @@ so every process, vLLM's own metrics included, writes to it and /metrics merges 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import sys
 import tempfile
 
+from speculators_kit.core.errors import SpecKitError
+
 
 def serve(argv: list[str]) -> None:
+    check_draft_fits(argv)
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         return _serve(argv)
     with tempfile.TemporaryDirectory(prefix="speckit-metrics-") as metrics:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics
         _serve(argv)
+
+
+def check_draft_fits(argv: list[str]) -> None:
+    """A draft made for another target, said in one line before vLLM's ~20 s of imports (the
+    plugin refuses it too, inside vLLM, as a traceback). Only local folders are checked; anything
+    this cannot read is left to vLLM."""
+    target, spec = argv[0] if argv and not argv[0].startswith("-") else _flag(argv, "--model"), None
+    raw = _flag(argv, "--speculative-config")
+    try:
+        spec = json.loads(raw) if raw else None
+    except ValueError:
+        return
+    if not (isinstance(spec, dict) and target and isinstance(spec.get("model"), str)):
+        return
+    from speculators_kit.vllm_plugin.checks import _fingerprint_problem
+
+    if problem := _fingerprint_problem(os.path.expanduser(spec["model"]), os.path.expanduser(target)):
+        raise SpecKitError(f"draft {spec['model']} does not fit target {target}: {problem}")
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        for spelling in (name, name.replace("-", "_").replace("__", "--")):
+            if arg == spelling and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(spelling + "="):
+                return arg[len(spelling) + 1:]
+    return None
 
 
 def _serve(argv: list[str]) -> None:

@@ -171,3 +171,18 @@ def test_an_output_path_under_a_file_is_one_line(tiny_llama, tmp_path, capsys):
     assert err.count("\n") == 1 and "Traceback" not in err
     with pytest.raises(OSError):
         main(["--debug", *argv])
+
+
+@pytest.mark.parametrize("spelling", ["--speculative-config", "--speculative-config="])
+def test_serve_refuses_a_draft_for_another_target_before_vllm_starts(tiny_targets, tmp_path, capsys, spelling):
+    import json
+
+    from tests.helpers import make_draft
+
+    make_draft(tiny_targets["llama"], tmp_path / "draft")
+    config = json.dumps({"method": "eagle3", "model": str(tmp_path / "draft"), "num_speculative_tokens": 3})
+    flag = [spelling + config] if spelling.endswith("=") else [spelling, config]
+    code, _, err = run(["serve", str(tiny_targets["qwen3"]), *flag, "--port", "1"], capsys)
+    assert code == 1 and err.count("\n") == 1, err
+    # one line at once, not vLLM's traceback after its ~20 s of imports
+    assert err.startswith(f"error: draft {tmp_path / 'draft'} does not fit target") and "made for another target" in err

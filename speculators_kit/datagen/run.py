@@ -15,7 +15,7 @@ from speculators_kit.core.fingerprint import target_fingerprint
 from speculators_kit.core.store import StoreManifest, sample_id
 from speculators_kit.datagen import self_chat
 from speculators_kit.datagen.prepare import Prepared, load_tokenizer, prepare, read_records
-from speculators_kit.datagen.writer import StoreWriter
+from speculators_kit.datagen.writer import StoreWriter, check_setup
 from speculators_kit.target.embedded import resolve_target
 from speculators_kit.train.ds import native_bf16
 
@@ -99,6 +99,8 @@ def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
 
 
 def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> dict:
+    if not overwrite:  # before the target writes any questions
+        check_setup(out_dir, manifest)
     tokenizer = load_tokenizer(target)
     data, key = cfg.data, None
     if cfg.data.source == "self":

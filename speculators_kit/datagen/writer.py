@@ -29,6 +29,30 @@ from speculators_kit.core.store import (
 )
 
 
+def _answer_changes(existing: StoreManifest, manifest: StoreManifest) -> list[str]:
+    """Samples are keyed by their prompt, so a store re-run with other regenerate settings would
+    skip every prompt it holds and keep the old answers without a word."""
+    old, new = existing.provenance.get("regenerate"), manifest.provenance.get("regenerate")
+    if not (isinstance(old, dict) and isinstance(new, dict)):  # stores from before it was recorded
+        return []
+    return [f"regenerate.{k}: store has {old.get(k)!r}, config asks {new.get(k)!r}"
+            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
+def check_setup(store_dir: Path, manifest: StoreManifest) -> StoreManifest | None:
+    """The manifest of the store already at store_dir (None if there is none), refusing one made
+    with another setup than `manifest`."""
+    if not (store_dir / MANIFEST).is_file():
+        return None
+    existing = read_manifest(store_dir)
+    details = ", ".join([f"{k}: store has {getattr(existing, k)!r}, config asks {getattr(manifest, k)!r}"
+                         for k in existing.compatible_with(manifest)] + _answer_changes(existing, manifest))
+    if details:
+        raise SpecKitError(f"store {store_dir} was made with another setup ({details}); "
+                           f"use another output.dir or pass --overwrite to replace it")
+    return existing
+
+
 class StoreWriter:
     def __init__(self, store_dir: str | Path, manifest: StoreManifest, overwrite: bool = False,
                  keep: tuple[str, ...] = ()):
@@ -37,14 +61,8 @@ class StoreWriter:
             for path in self.dir.iterdir():
                 if path.name not in keep:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
-        if (self.dir / MANIFEST).is_file():
-            existing = read_manifest(self.dir)
-            diff = existing.compatible_with(manifest)
-            if diff:
-                details = ", ".join(f"{k}: store has {getattr(existing, k)!r}, config asks "
-                                    f"{getattr(manifest, k)!r}" for k in diff)
-                raise SpecKitError(f"store {self.dir} was made with another setup ({details}); "
-                                   f"use another output.dir or pass --overwrite to replace it")
+        existing = check_setup(self.dir, manifest)
+        if existing is not None:
             self.manifest = existing
         else:
             if self.dir.exists() and any(p for p in self.dir.iterdir() if not p.name.startswith(".")):

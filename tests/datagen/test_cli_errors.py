@@ -85,6 +85,10 @@ def test_adding_to_a_store_from_another_target(write_config, capsys, tmp_path, t
     line = run_fails(capsys, write_config("other.yaml", target={"path": str(tiny_targets["qwen3"])}))
     assert "another setup (target_fingerprint" in line and "--overwrite" in line
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "store").iterdir()) == before
+    # other answer settings: every prompt is in the store already, so it would keep the old answers
+    line = run_fails(capsys, write_config("longer.yaml", regenerate={"max_new_tokens": 8}))
+    assert "another setup (regenerate.max_new_tokens: store has 4, config asks 8)" in line, line
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "store").iterdir()) == before
     # the same command again adds nothing: every input is already in the store
     assert main(["datagen", str(config), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 0

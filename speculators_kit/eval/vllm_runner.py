@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from speculators_kit.eval import cpu_share
+from speculators_kit.eval.prompts import opening
 
 COUNTERS = ("num_drafts", "num_draft_tokens", "num_accepted_tokens")
 
@@ -64,7 +65,7 @@ def run(spec: dict) -> dict:
     started, cpu_before = time.time(), cpu_share.snapshot()
     for category, ids in categories.items():
         before, began, tokens = read_counters(llm), time.perf_counter(), 0
-        convs, per_turn = {i: [] for i in ids}, []
+        convs, per_turn = {i: opening(spec["prompts"][i]) for i in ids}, []
         for turn in range(max(len(spec["prompts"][i]["turns"]) for i in ids)):
             active = [i for i in ids if turn < len(spec["prompts"][i]["turns"])]
             for i in active:

@@ -71,3 +71,16 @@ def test_a_cached_run_from_another_release_or_unreadable_is_measured_again(tiny_
     assert json.loads(cache.read_text())["spec"]["engine_versions"] == s["versions"]
     cache.write_text('{"spec": ')  # cut short by hand or by a full disk
     assert run()["num_prompts"] == 1 and any("not a cached run" in line for line in said), said
+
+
+def test_a_system_message_is_part_of_the_measured_chat(tiny_llama, tmp_path):
+    def outputs(record, name):
+        prompts = tmp_path / f"{name}.jsonl"
+        prompts.write_text(json.dumps(record) + "\n")
+        evaluate(str(tiny_llama), None, str(prompts), tmp_path / name, max_new_tokens=8, engine="hf",
+                 log=lambda *_: None)
+        return json.loads((tmp_path / name / "runs" / "target_only.json").read_text())["result"]["outputs"]
+
+    plain = outputs({"prompt": "abc ab"}, "plain")
+    system = [{"role": "system", "content": "zz yy xx"}, {"role": "user", "content": "abc ab"}]
+    assert outputs({"messages": system}, "system") != plain  # it was dropped: the same chat as plain

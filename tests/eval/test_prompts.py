@@ -18,11 +18,11 @@ def test_jsonl_fields_turns_messages_prompt(tmp_path):
         "",
         json.dumps({"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "c"},
                                  {"role": "assistant", "content": "x"}, {"role": "user", "content": "d"}]}),
-        json.dumps({"prompt": "e"}),
+        json.dumps({"prompt": "e", "system": "you are terse"}),
     ])
     prompts = load_prompts(str(path))
-    assert [(p.category, p.turns) for p in prompts] == [("chat", ["a", "b"]), ("mine", ["c", "d"]),
-                                                         ("mine", ["e"])]
+    assert [(p.category, p.turns, p.system) for p in prompts] == [
+        ("chat", ["a", "b"], None), ("mine", ["c", "d"], "be brief"), ("mine", ["e"], "you are terse")]
 
 
 @pytest.mark.parametrize("line, says", [
@@ -33,6 +33,7 @@ def test_jsonl_fields_turns_messages_prompt(tmp_path):
     ('{"turns": "a"}', "mine.jsonl:2: needs at least one user turn"),
     ('{"messages": [{"role": "assistant", "content": "a"}]}', "mine.jsonl:2: needs at least one user turn"),
     ('{"messages": 3}', "mine.jsonl:2: needs at least one user turn"),
+    ('{"prompt": "a", "system": 3}', "mine.jsonl:2: the system message must be a non-empty string"),
 ])
 def test_jsonl_bad_line_names_file_and_line(tmp_path, line, says):
     path = write_lines(tmp_path / "mine.jsonl", [json.dumps({"prompt": "ok"}), line])

@@ -34,23 +34,27 @@ def check_draft_fits(argv: list[str]) -> None:
     """A draft made for another target, said in one line before vLLM's ~20 s of imports (the
     plugin refuses it too, inside vLLM, as a traceback). Only local folders are checked; anything
     this cannot read is left to vLLM."""
-    target, spec = argv[0] if argv and not argv[0].startswith("-") else _flag(argv, "--model"), None
+    target = argv[0] if argv and not argv[0].startswith("-") else _flag(argv, "--model")
     raw = _flag(argv, "--speculative-config")
     try:
         spec = json.loads(raw) if raw else None
-    except ValueError:
+    except ValueError:  # vLLM says what is wrong with it
         return
     if not (isinstance(spec, dict) and target and isinstance(spec.get("model"), str)):
         return
-    from speculators_kit.vllm_plugin.checks import _fingerprint_problem
+    from speculators_kit.vllm_plugin.checks import fingerprint_problem
 
-    if problem := _fingerprint_problem(os.path.expanduser(spec["model"]), os.path.expanduser(target)):
+    try:
+        problem = fingerprint_problem(os.path.expanduser(spec["model"]), os.path.expanduser(target))
+    except (ValueError, OSError):  # an unreadable config.json or tokenizer: vLLM names it
+        return
+    if problem:
         raise SpecKitError(f"draft {spec['model']} does not fit target {target}: {problem}")
 
 
 def _flag(argv: list[str], name: str) -> str | None:
     for i, arg in enumerate(argv):
-        for spelling in (name, name.replace("-", "_").replace("__", "--")):
+        for spelling in (name, "--" + name[2:].replace("-", "_")):  # vLLM takes both
             if arg == spelling and i + 1 < len(argv):
                 return argv[i + 1]
             if arg.startswith(spelling + "="):

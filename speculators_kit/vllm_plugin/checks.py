@@ -20,10 +20,10 @@ def draft_problem(draft_hf_config, target_model_config, draft_path) -> str | Non
     aux = getattr(draft_hf_config, "eagle_aux_hidden_state_layer_ids", None) or []
     if aux and max(aux) > layers:
         return f"the draft reads target layers {list(aux)}, the target has {layers}"
-    return _fingerprint_problem(draft_path, target_model_config.model)
+    return fingerprint_problem(draft_path, target_model_config.model)
 
 
-def _fingerprint_problem(draft_path, target_path) -> str | None:
+def fingerprint_problem(draft_path, target_path) -> str | None:
     config = Path(str(draft_path)) / "config.json"
     if not config.is_file() or not Path(str(target_path)).is_dir():
         return None

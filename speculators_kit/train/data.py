@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from speculators_kit.core.errors import SpecKitError
-from speculators_kit.core.store import StoreManifest, StoreReader
+from speculators_kit.core.store import StoreReader
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,12 @@ def _kept(sample: dict, max_length: int) -> int:
     return min(len(sample["token_ids"]), max_length)
 
 
-def describe(manifest: StoreManifest, train: list[Ref], held: list[Ref]) -> str:
-    tokens = sum(r.length for r in train)
-    return (f"{len(train)} training samples ({tokens} tokens), {len(held)} held out; layers "
+def describe(readers: list[StoreReader], train: list[Ref], held: list[Ref], max_length: int) -> str:
+    """What training reads, including what data.max_length takes away (cut or left out)."""
+    manifest, kept = readers[0].manifest, train + held
+    tokens = sum(min(r.length, max_length) for r in train)
+    longer, left_out = sum(r.length > max_length for r in kept), sum(map(len, readers)) - len(kept)
+    lost = (f"; {longer} sample(s) longer than data.max_length {max_length} are cut to it" if longer else "") + (
+        f"; {left_out} left out (their answers start past data.max_length {max_length})" if left_out else "")
+    return (f"{len(train)} training samples ({tokens} tokens), {len(held)} held out{lost}; layers "
             f"{manifest.layer_ids}, {manifest.dtype}")

@@ -78,7 +78,7 @@ def setup(cfg, resume: bool) -> Run:
         run.step, run.epoch, run.pos = state["step"], state["epoch"], state["pos"]
     if rank == 0:
         run.log = _Logger(out, cfg, keep_until=run.step if ckpt else 0)
-        run.log.console(f"train: {data.describe(manifest, train_refs, held_refs)}; {world} process(es), "
+        run.log.console(f"train: {data.describe(readers, train_refs, held_refs, cfg.data.max_length)}; {world} process(es), "
                         f"ZeRO {cfg.deepspeed.zero_stage}, {cfg.precision}{precision_note}{_threads_note(world)}"
                         + (f"; resuming at step {run.step} from {ckpt}" if ckpt else ""))
         if cfg.optim.kind == "muon":

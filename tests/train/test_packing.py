@@ -75,3 +75,19 @@ def test_a_packed_row_trains_exactly_like_padded_rows(module, max_length, whole_
     assert loss_packed == pytest.approx(float(loss_padded), rel=1e-5)
     assert torch.equal(stats_packed, stats_padded)
     assert stats_packed[0] > 0  # some full 5-token chains were counted
+
+
+def test_the_data_line_says_what_max_length_cuts_and_leaves_out(tiny_store):
+    reader = StoreReader(tiny_store)
+    lengths = [reader.length(i) for i in range(len(reader))]
+    starts = [int(reader.loss_mask(i).nonzero()[0]) for i in range(len(reader))]  # first answer token
+    full = data.describe([reader], *data.split([reader], 0.2, max(lengths)), max(lengths))
+    assert "cut to it" not in full and "left out" not in full
+    ml = sorted(starts)[len(starts) // 2]  # half the answers start past it
+    train, held = data.split([reader], 0.2, ml)
+    line = data.describe([reader], train, held, ml)
+    left_out = sum(s >= ml for s in starts)
+    assert left_out and len(train) + len(held) == len(reader) - left_out
+    assert f"{len(reader) - left_out} sample(s) longer than data.max_length {ml} are cut to it" in line, line
+    assert f"; {left_out} left out (their answers start past data.max_length {ml})" in line, line
+    assert f"({sum(min(r.length, ml) for r in train)} tokens)" in line

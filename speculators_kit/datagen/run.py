@@ -113,6 +113,7 @@ def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> 
     else:
         records = read_records(cfg.data, config_dir)
     items, dropped = prepare(records, tokenizer, data, cfg.regenerate.enabled)
+    _log_dropped(dropped, data.max_length, log)
     _check_token_range(items, manifest.vocab_size)
     if not items:
         raise SpecKitError(f"no usable samples in {cfg.data.path} (dropped: {dropped})")
@@ -123,6 +124,7 @@ def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> 
         records = self_chat.cached(out_dir, turn, {**key, "turn": turn}, lambda r=records, t=turn: (
             self_chat.follow_ups(engine.get(), tokenizer, self_chat.answered(r, tokenizer, out_dir), data, t)))
         items, more = prepare(records, tokenizer, data, True)
+        _log_dropped(more, data.max_length, log)
         dropped = {k: dropped[k] + more[k] for k in dropped}
         part = _capture_new(cfg, writer, items, engine, out_dir, log, f"turn {turn}")
         totals = {k: totals[k] + part[k] for k in totals}
@@ -136,6 +138,16 @@ def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> 
         f"{stats['seconds']:.1f} s ({stats['tokens_per_s']:.0f} tok/s), "
         f"{stats['bytes_per_token']:.0f} bytes/token; store has {stats['samples_in_store']} samples")
     return stats
+
+
+def _log_dropped(dropped: dict, max_length: int, log) -> None:
+    """Inputs left out before capture, said when it happens rather than only in --json's stats."""
+    why = {"too_long": f"too long for data.max_length {max_length} (no room left for an answer)",
+           "no_loss_tokens": f"with no answer tokens within data.max_length {max_length}",
+           "duplicates": "duplicate(s) of an earlier input"}
+    parts = [f"{n} {why[k]}" for k, n in dropped.items() if n]
+    if parts:
+        log(f"datagen: left out {'; '.join(parts)}")
 
 
 def _stats(totals: dict, **extra) -> dict:

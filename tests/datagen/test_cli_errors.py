@@ -176,3 +176,14 @@ def test_lead_ins_open_the_self_made_questions(write_config, tmp_path, tiny_llam
 def test_lead_ins_belong_to_self_made_conversations(write_config, capsys):
     line = run_fails(capsys, write_config(data={"lead_ins": ["Explain"]}))
     assert "data.lead_ins opens the questions of source self" in line
+
+
+def test_inputs_left_out_before_capture_are_said(write_config, capsys, tmp_path):
+    prompts = tmp_path / "mixed.jsonl"
+    rows = [{"question": "what is 1 plus 1?"}, {"question": "what is 1 plus 1?"}, {"question": "x" * 300},
+            {"question": "what is 2 plus 2?"}]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["datagen", str(write_config(data={"path": str(prompts), "max_length": 200}))]) == 0
+    said = capsys.readouterr()
+    assert ("datagen: left out 1 duplicate(s) of an earlier input; 1 too long for data.max_length 200"
+            in said.out + said.err)

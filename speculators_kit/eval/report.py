@@ -82,12 +82,20 @@ def _by_turn(per_category: dict) -> dict:
 
 
 def write_report(summary: dict, out: Path) -> None:
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, out / "results.json")
-    (out / "report.md").write_text(markdown(summary))
+    """results.json, report.md and acceptance.png, each written whole (temp name, then rename);
+    a target-only run removes the plot an earlier run with a draft left in OUT."""
+    _atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+    _atomic(out / "report.md", lambda tmp: tmp.write_text(markdown(summary)))
     if summary.get("by_category"):
-        plot(summary, out / "acceptance.png")
+        _atomic(out / "acceptance.png", lambda tmp: plot(summary, tmp))
+    else:
+        (out / "acceptance.png").unlink(missing_ok=True)
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def markdown(s: dict) -> str:
@@ -163,5 +171,5 @@ def plot(s: dict, path: Path) -> None:
     ax2.set(ylabel="tau", title="tau by category")
     ax2.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")  # the temp name has no .png suffix
     plt.close(fig)

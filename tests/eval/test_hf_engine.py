@@ -20,6 +20,11 @@ def test_hf_engine_eval_is_lossless_and_records_timing(tiny_llama, tmp_path):
         assert s["timing"][name]["other_cpu_cores"] >= 0.0
     assert isinstance(s["timing_clean"], bool)
     assert "Timed: target only 20" in (tmp_path / "eval" / "report.md").read_text()
+    assert (tmp_path / "eval" / "acceptance.png").read_bytes()[:4] == b"\x89PNG"
+    # target only in the same folder: no plot of the earlier draft is left beside its results
+    evaluate(str(tiny_llama), None, str(prompts), tmp_path / "eval", k=3, max_new_tokens=12, engine="hf",
+             log=lambda *_: None)
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["report.md", "results.json", "runs"]
 
 
 def test_a_cached_run_is_reused_until_the_draft_at_its_path_changes(tiny_llama, tmp_path):

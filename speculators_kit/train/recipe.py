@@ -21,6 +21,7 @@ from speculators_kit import cpu_runtime
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.train import checkpoint, data
 from speculators_kit.train.acceptance import tau_from_stats
+from speculators_kit.train.stop import StopRequest
 
 
 @dataclass
@@ -185,41 +186,49 @@ def _build_engine(run: Run, head) -> None:
 
 
 def train(run: Run) -> dict:
-    cfg = run.cfg
-    t = cfg.train
-    per_step = run.world * t.grad_accum
     last_eval = evaluate(run) if run.step == 0 else None
     window = {"tokens": 0, "seconds": 0.0, "losses": []}  # since the last log line; training only
     bar = _bar(run)
-    while run.step < t.max_steps:
-        order = data.batches(run.train_refs, t.micro_batch_tokens, cfg.data.max_length, cfg.data.seed,
-                             run.epoch, pack=cfg.data.packing)
-        steps_in_epoch = len(order) // per_step
-        if steps_in_epoch == 0:
-            raise SpecKitError(f"the training data makes {len(order)} micro-batches, fewer than one "
-                               f"optimizer step needs ({per_step}); lower train.micro_batch_tokens "
-                               f"or grad_accum, or add samples")
-        while run.pos < steps_in_epoch and run.step < t.max_steps:
-            began = time.perf_counter()
-            loss, n = _one_step(run, order, per_step)
-            run.step, run.pos = run.step + 1, run.pos + 1
-            window["tokens"] += n
-            window["seconds"] += time.perf_counter() - began
-            window["losses"].append(loss)
-            if bar:
-                bar.update(1)
-            if run.step % t.log_every == 0 or run.step == t.max_steps:
-                _log_train(run, window, bar)
-                window = {"tokens": 0, "seconds": 0.0, "losses": []}
-            if run.step % t.eval_every == 0 or run.step == t.max_steps:
-                last_eval = evaluate(run)
-            if run.step % t.save_every == 0 or run.step == t.max_steps:
-                _save(run)
-        if run.pos >= steps_in_epoch:
-            run.epoch, run.pos = run.epoch + 1, 0
+    with StopRequest(enabled=run.world == 1) as stop:
+        while run.step < run.cfg.train.max_steps:
+            last_eval = _epoch(run, window, bar, stop) or last_eval
     if bar:
         bar.close()
     return {"step": run.step, "eval": last_eval, "draft": str(run.out / "draft")}
+
+
+def _epoch(run: Run, window: dict, bar, stop: StopRequest) -> dict | None:
+    """Steps to the end of this pass over the data (or to max_steps); the last eval's result."""
+    cfg, t, last_eval = run.cfg, run.cfg.train, None
+    per_step = run.world * t.grad_accum
+    order = data.batches(run.train_refs, t.micro_batch_tokens, cfg.data.max_length, cfg.data.seed,
+                         run.epoch, pack=cfg.data.packing)
+    steps_in_epoch = len(order) // per_step
+    if steps_in_epoch == 0:
+        raise SpecKitError(f"the training data makes {len(order)} micro-batches, fewer than one "
+                           f"optimizer step needs ({per_step}); lower train.micro_batch_tokens "
+                           f"or grad_accum, or add samples")
+    while run.pos < steps_in_epoch and run.step < t.max_steps:
+        began = time.perf_counter()
+        loss, n = _one_step(run, order, per_step)
+        run.step, run.pos = run.step + 1, run.pos + 1
+        window["tokens"] += n
+        window["seconds"] += time.perf_counter() - began
+        window["losses"].append(loss)
+        if bar:
+            bar.update(1)
+        if run.step % t.log_every == 0 or run.step == t.max_steps:
+            _log_train(run, window, bar)
+            window.update(tokens=0, seconds=0.0, losses=[])
+        if run.step % t.eval_every == 0 or run.step == t.max_steps:
+            last_eval = evaluate(run)
+        if run.step % t.save_every == 0 or run.step == t.max_steps or stop.requested:
+            _save(run)
+        if stop.requested:
+            raise SpecKitError(stop.message(run.step, t.max_steps))
+    if run.pos >= steps_in_epoch:
+        run.epoch, run.pos = run.epoch + 1, 0
+    return last_eval
 
 
 def _one_step(run: Run, order, per_step: int) -> tuple[float, int]:

@@ -31,6 +31,7 @@ class SpeculativeModel:
         self.draft = draft
         self.tokenizer = tokenizer
         self.target = HFTarget(hf_model, draft.config)
+        self.vocab_size = hf_model.get_input_embeddings().num_embeddings
         eos = hf_model.generation_config.eos_token_id
         self.eos_token_ids = tuple(eos if isinstance(eos, list) else [eos] if eos is not None else [])
 
@@ -64,6 +65,10 @@ class SpeculativeModel:
             ids = self.encode(prompt, chat=chat)
         if ids.shape[1] == 0:
             raise SpecKitError("the prompt is empty")
+        bad = ids[(ids < 0) | (ids >= self.vocab_size)]
+        if bad.numel():  # an IndexError deep in the embedding otherwise
+            raise SpecKitError(f"prompt token id {int(bad[0])} is outside the target's vocabulary "
+                               f"(0..{self.vocab_size - 1}); encode text with this target's tokenizer")
         k = self.draft.config.num_speculative_tokens if num_speculative_tokens is None else num_speculative_tokens
         if k < 1 or max_new_tokens < 1:  # 0 drafted as the default k, -1 failed deep in the loop
             raise SpecKitError(f"num_speculative_tokens ({k}) and max_new_tokens ({max_new_tokens}) "

@@ -26,3 +26,13 @@ def test_a_count_below_one_is_refused(tiny_llama, tmp_path, setting):
     model = SpeculativeModel.from_pretrained(tiny_llama, tmp_path / "d")
     with pytest.raises(SpecKitError, match="must be at least 1"):
         model.generate("hello", **setting)
+
+
+@pytest.mark.parametrize("ids, bad", [([5, 6, 256], 256), ([-1, 5], -1)])
+def test_a_token_id_outside_the_vocabulary_is_named(tiny_llama, tmp_path, ids, bad):
+    from speculators_kit.core.errors import SpecKitError
+
+    make_draft(tiny_llama, tmp_path / "d")
+    model = SpeculativeModel.from_pretrained(tiny_llama, tmp_path / "d")
+    with pytest.raises(SpecKitError, match=rf"token id {bad} is outside .*\(0..255\)"):
+        model.generate(ids, max_new_tokens=2)  # was an IndexError deep in the embedding

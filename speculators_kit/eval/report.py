@@ -84,7 +84,9 @@ def _by_turn(per_category: dict) -> dict:
 def write_report(summary: dict, out: Path) -> None:
     """results.json, report.md and acceptance.png, each written whole (temp name, then rename);
     a target-only run removes the plot an earlier run with a draft left in OUT."""
-    _atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=1)))
+    from speculators_kit.core.store import write_json_atomic
+
+    write_json_atomic(out / "results.json", summary)
     _atomic(out / "report.md", lambda tmp: tmp.write_text(markdown(summary)))
     if summary.get("by_category"):
         _atomic(out / "acceptance.png", lambda tmp: plot(summary, tmp))

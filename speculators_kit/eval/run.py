@@ -63,7 +63,7 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     results = {}
     for name, spec in runs.items():
         log(f"eval: {name} on {len(items)} {prompts} prompts ({engine}, k={k}, T={temperature})")
-        results[name] = _cached_run(engine, spec, out / "runs" / f"{name}.json", log)
+        results[name] = _cached_run(spec, out / "runs" / f"{name}.json", log)
     # the reference loop (--engine hf) drafts k tokens every step: a draft's proposer defaults
     # are the vLLM plugin's and were not in effect there
     settings = (_effective_settings(draft, runs.get("speculative", {}).get("additional_config", {}))
@@ -131,7 +131,7 @@ def engine_versions(engine: str) -> dict:
     return found
 
 
-def _cached_run(engine: str, spec: dict, path: Path, log=print) -> dict:
+def _cached_run(spec: dict, path: Path, log=print) -> dict:
     cached = _read_cached(path, log)
     if cached is not None:
         changed = sorted(k for k in spec.keys() | cached["spec"].keys() if spec.get(k) != cached["spec"].get(k))
@@ -140,7 +140,7 @@ def _cached_run(engine: str, spec: dict, path: Path, log=print) -> dict:
             return cached["result"]
         log(f"eval: {path} was measured with other settings ({', '.join(changed)}): measuring again")
     path.parent.mkdir(parents=True, exist_ok=True)
-    if engine == "hf":
+    if spec["engine"] == "hf":
         from speculators_kit.eval.hf_runner import run
 
         result = run(spec)

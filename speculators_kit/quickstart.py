@@ -145,10 +145,11 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
     log(f"--budget {budget}: {b['wall']}; this CPU: {clock.entry['cpu_capability']}, "
         f"{clock.entry['cores']} cores")
     with clock("target"):
-        log(f"1/4 target: {prepare(TARGET)}")
+        target = prepare(TARGET)
+        log(f"1/4 target: {target}")
     stores = datagen_configs(out, b, gsm8k)
     train = train_config(out, b, list(stores))
-    check_trained_stores(out, train["data"]["stores"])  # before datagen spends an hour
+    check_earlier_stages(out, target, stores, train["data"]["stores"])  # before datagen spends an hour
     with clock("datagen"):
         for suffix, data in stores.items():
             cfg = write_yaml(out / "configs" / f"datagen{suffix}.yaml", data, "datagen")
@@ -226,16 +227,33 @@ def _earlier_runs(path: Path) -> list[dict]:
         return []
 
 
-def check_trained_stores(out: Path, stores: list[str]) -> None:
-    """A training under out/train that read other stores (an older budget's) is neither done nor
-    resumable: its draft would be evaluated, or its data order continued, as if it were this one's."""
+def check_earlier_stages(out: Path, target: Path, stores: dict[str, dict], trained: list[str]) -> None:
+    """Stages under out that another --budget or --gsm8k made are neither done nor resumable: a
+    store would keep its answers, a training would be evaluated or continued as if it were this
+    one's. All of them are named at once, with a fix quickstart can take (it has no --overwrite)."""
+    from speculators_kit.datagen.run import build_manifest
+    from speculators_kit.datagen.writer import setup_differences
+    from speculators_kit.schema import KINDS, validate
+
+    stale = {}  # path -> why
+    for suffix, data in stores.items():
+        cfg = validate(KINDS["datagen"], data, f"datagen{suffix}")
+        differences = setup_differences(Path(cfg.output.dir), build_manifest(cfg, target))
+        if differences:
+            stale[cfg.output.dir] = "; ".join(differences)
     resolved = out / "train" / "resolved_config.json"
-    if not resolved.is_file():
+    before = json.loads(resolved.read_text())["data"]["stores"] if resolved.is_file() else None
+    if before is not None and sorted(map(_real, before)) != sorted(map(_real, trained)):
+        stale[str(out / "train")] = f"trained on the stores {before}, this budget trains on {trained}"
+    elif stale and before is not None:
+        stale[str(out / "train")] = "trained on the stores above"
+    if not stale:
         return
-    before = json.loads(resolved.read_text())["data"]["stores"]
-    if sorted(map(_real, before)) != sorted(map(_real, stores)):
-        raise SpecKitError(f"{out / 'train'} trained on the stores {before}, this budget trains on {stores}: "
-                           f"delete {out / 'train'} and {out / 'eval'} to train and evaluate again")
+    if (out / "eval").exists():
+        stale[str(out / "eval")] = "measured that training's draft"
+    raise SpecKitError(f"{out} holds stages made with other settings (another --budget, --gsm8k or speckit version): "
+                       + ", ".join(f"{path} ({why})" for path, why in stale.items())
+                       + f". Give another --out, or delete them to make them again here: rm -r {' '.join(stale)}")
 
 
 def _real(path: str) -> str:

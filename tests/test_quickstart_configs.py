@@ -1,6 +1,8 @@
 """The configs `speckit quickstart` writes: valid for every budget, and the stores datagen
 fills are the ones training reads."""
 
+import json
+
 import pytest
 
 from speculators_kit.quickstart import BUDGETS, datagen_configs, train_config
@@ -24,20 +26,53 @@ def test_quickstart_configs_are_valid_and_train_on_every_store(tmp_path, budget,
         assert len({d["seed"] for d in sources}) == len(sources)  # other questions in each store
 
 
-def test_a_training_on_other_stores_is_not_taken_as_done(tmp_path):
-    """A --budget full run made before the lead-in store: its draft is not this budget's."""
-    import json
+def _stages(out, budget, gsm8k=None):
+    stores = datagen_configs(out, BUDGETS[budget], gsm8k)
+    return stores, train_config(out, BUDGETS[budget], list(stores))["data"]["stores"]
 
+
+def test_a_training_on_other_stores_is_not_taken_as_done(tmp_path, tiny_llama):
+    """A --budget full run made before the lead-in store: its draft is not this budget's."""
     from speculators_kit.core.errors import SpecKitError
-    from speculators_kit.quickstart import check_trained_stores
+    from speculators_kit.quickstart import check_earlier_stages
 
     (tmp_path / "train").mkdir()
     old = train_config(tmp_path, BUDGETS["full"], [""])
     (tmp_path / "train" / "resolved_config.json").write_text(json.dumps(old))
-    now = [str(tmp_path / "store"), str(tmp_path / "store-lead-ins")]
-    with pytest.raises(SpecKitError, match=r"trained on the stores .* delete .*train and .*eval"):
-        check_trained_stores(tmp_path, now)
-    check_trained_stores(tmp_path, [str(tmp_path / "." / "store")])  # the same store, another spelling
+    with pytest.raises(SpecKitError, match=r"train \(trained on the stores .*rm -r \S+/train$"):
+        check_earlier_stages(tmp_path, tiny_llama, *_stages(tmp_path, "full"))
+    (tmp_path / "eval").mkdir()
+    with pytest.raises(SpecKitError, match=r"rm -r \S+/train \S+/eval$"):
+        check_earlier_stages(tmp_path, tiny_llama, *_stages(tmp_path, "full"))
+    old["data"]["stores"] = [str(tmp_path / "." / "store")]  # the same store, another spelling
+    (tmp_path / "train" / "resolved_config.json").write_text(json.dumps(old))
+    check_earlier_stages(tmp_path, tiny_llama, *_stages(tmp_path, "small"))
+
+
+@pytest.mark.parametrize("budget, gsm8k, changed", [
+    ("full", None, "regenerate.max_new_tokens: store has 128, config asks 256"),
+    ("small", "train.jsonl", "data.source: store has 'self', config asks 'jsonl'")])
+def test_stores_of_another_budget_are_named_with_what_to_delete(tmp_path, tiny_llama, budget, gsm8k, changed):
+    """quickstart has no --overwrite: datagen's refusal said to pass it, and only after the
+    training check had sent the user to delete out/train first."""
+    from speculators_kit.core.errors import SpecKitError
+    from speculators_kit.datagen.run import build_manifest
+    from speculators_kit.datagen.writer import StoreWriter
+    from speculators_kit.quickstart import check_earlier_stages
+
+    small = validate(KINDS["datagen"], _stages(tmp_path, "small")[0][""], "datagen")
+    StoreWriter(tmp_path / "store", build_manifest(small, tiny_llama))
+    check_earlier_stages(tmp_path, tiny_llama, *_stages(tmp_path, "small"))  # a resume
+    now = _stages(tmp_path, budget, gsm8k and str(tmp_path / gsm8k))
+    with pytest.raises(SpecKitError) as err:
+        check_earlier_stages(tmp_path, tiny_llama, *now)
+    message = str(err.value)
+    assert changed in message and "--overwrite" not in message, message
+    assert message.endswith(f"rm -r {tmp_path / 'store'}"), message
+    (tmp_path / "train").mkdir()  # a draft trained on that store is not this run's either
+    (tmp_path / "train" / "resolved_config.json").write_text(json.dumps(train_config(tmp_path, BUDGETS["small"], [""])))
+    with pytest.raises(SpecKitError, match=f"rm -r {tmp_path / 'store'} {tmp_path / 'train'}$"):
+        check_earlier_stages(tmp_path, tiny_llama, *now)
 
 
 def test_readme_states_the_full_budgets_wall_time():

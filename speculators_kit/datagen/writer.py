@@ -27,16 +27,44 @@ from speculators_kit.core.store import (
     read_manifest,
     write_json_atomic,
 )
+from speculators_kit.schema import DataSection, RegenerateSection
+
+# A store grows by data.limit (and data.max_length only decides which inputs fit); any other
+# data or regenerate setting makes other samples, which the manifest's provenance would not tell.
+_GROWS = {"data": ("limit", "max_length"), "regenerate": ()}
 
 
-def _answer_changes(existing: StoreManifest, manifest: StoreManifest) -> list[str]:
+def _default(section: str, key: str):
+    """The value a store made before `key` existed was made with."""
+    field = {"data": DataSection, "regenerate": RegenerateSection}[section].model_fields.get(key)
+    return None if field is None else field.get_default(call_default_factory=True)
+
+
+def _sample_changes(existing: StoreManifest, manifest: StoreManifest) -> list[str]:
     """Samples are keyed by their prompt, so a store re-run with other regenerate settings would
-    skip every prompt it holds and keep the old answers without a word."""
-    old, new = existing.provenance.get("regenerate"), manifest.provenance.get("regenerate")
-    if not (isinstance(old, dict) and isinstance(new, dict)):  # stores from before it was recorded
+    skip every prompt it holds and keep the old answers without a word; one re-run with another
+    dataset would mix it in under the first one's provenance."""
+    changes = []
+    for section, grows in _GROWS.items():
+        old, new = existing.provenance.get(section), manifest.provenance.get(section)
+        if not (isinstance(old, dict) and isinstance(new, dict)):  # stores from before it was recorded
+            continue
+        old = {k: old.get(k, _default(section, k)) for k in old.keys() | new.keys()}
+        changes += [f"{section}.{k}: store has {old[k]!r}, config asks {new.get(k)!r}"
+                    for k in sorted(old) if k not in grows and old[k] != new.get(k)]
+    return changes
+
+
+def _differences(existing: StoreManifest, manifest: StoreManifest) -> list[str]:
+    return [f"{k}: store has {getattr(existing, k)!r}, config asks {getattr(manifest, k)!r}"
+            for k in existing.compatible_with(manifest)] + _sample_changes(existing, manifest)
+
+
+def setup_differences(store_dir: Path, manifest: StoreManifest) -> list[str]:
+    """How the store at store_dir was made otherwise than `manifest` asks ([] if alike or absent)."""
+    if not (store_dir / MANIFEST).is_file():
         return []
-    return [f"regenerate.{k}: store has {old.get(k)!r}, config asks {new.get(k)!r}"
-            for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    return _differences(read_manifest(store_dir), manifest)
 
 
 def check_setup(store_dir: Path, manifest: StoreManifest) -> StoreManifest | None:
@@ -45,11 +73,11 @@ def check_setup(store_dir: Path, manifest: StoreManifest) -> StoreManifest | Non
     if not (store_dir / MANIFEST).is_file():
         return None
     existing = read_manifest(store_dir)
-    details = ", ".join([f"{k}: store has {getattr(existing, k)!r}, config asks {getattr(manifest, k)!r}"
-                         for k in existing.compatible_with(manifest)] + _answer_changes(existing, manifest))
+    details = _differences(existing, manifest)
     if details:
-        raise SpecKitError(f"store {store_dir} was made with another setup ({details}); "
-                           f"use another output.dir or pass --overwrite to replace it")
+        raise SpecKitError(f"store {store_dir} was made with another setup ({', '.join(details)}); "
+                           f"use another output.dir (a training reads several: data.stores) or pass --overwrite "
+                           f"to replace it")
     return existing
 
 

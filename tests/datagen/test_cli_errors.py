@@ -89,6 +89,15 @@ def test_adding_to_a_store_from_another_target(write_config, capsys, tmp_path, t
     line = run_fails(capsys, write_config("longer.yaml", regenerate={"max_new_tokens": 8}))
     assert "another setup (regenerate.max_new_tokens: store has 4, config asks 8)" in line, line
     assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "store").iterdir()) == before
+    # another dataset: it would be mixed in under the first one's provenance
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"text": "a question from elsewhere"}) + "\n")
+    line = run_fails(capsys, write_config("mixed.yaml", data={"path": str(other), "prompt_field": "text"}))
+    assert f"data.path: store has '{tmp_path / 'prompts.jsonl'}', config asks '{other}'" in line, line
+    assert "data.prompt_field: store has 'question', config asks 'text'" in line and "data.stores" in line
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "store").iterdir()) == before
+    # a higher data.limit grows the store: the same data, more of it
+    assert main(["datagen", str(write_config("grow.yaml", data={"limit": 100})), "--json"]) == 0
     # the same command again adds nothing: every input is already in the store
     assert main(["datagen", str(config), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"] == 0
@@ -146,9 +155,9 @@ def test_turns_belong_to_self_made_conversations(write_config, capsys):
     assert "data.turns is for source self" in line
 
 
-def test_lead_ins_open_the_self_made_questions(write_config, tmp_path, tiny_llama):
+def test_lead_ins_open_the_self_made_questions(write_config, tmp_path, tiny_llama, capsys):
     """`data.lead_ins`: the questions open with the given words, taken in turn ("" leaves one
-    free), and the target writes the rest; other lead-ins make other questions, not the cached ones."""
+    free), and the target writes the rest; other lead-ins make other questions, in another store."""
     leads = ["", "Write a Python function that", "Solve this:"]
     out = tmp_path / "led"
     cfg = write_config("led.yaml", data={"source": "self", "limit": 6, "seed": 3, "lead_ins": leads},
@@ -160,11 +169,16 @@ def test_lead_ins_open_the_self_made_questions(write_config, tmp_path, tiny_llam
     for lead in leads[1:]:
         opened = [q for q in questions if q.startswith(lead)]
         assert 1 <= len(opened) <= 2 and all(len(q) >= len(lead) + 8 for q in opened)
-    # without lead-ins the saved questions do not match the config: new ones are made
-    free = write_config("free.yaml", data={"source": "self", "limit": 6, "seed": 3}, output={"dir": str(out)})
+    # without lead-ins: other questions, which the store of these is not for
+    capsys.readouterr()
+    line = run_fails(capsys, write_config("free.yaml", data={"source": "self", "limit": 6, "seed": 3},
+                                          output={"dir": str(out)}))
+    assert f"data.lead_ins: store has {leads!r}, config asks []" in line, line
+    free = write_config("free.yaml", data={"source": "self", "limit": 6, "seed": 3},
+                        output={"dir": str(tmp_path / "free")})
     assert main(["datagen", str(free)]) == 0
     again = [r["messages"][0]["content"]
-             for r in json.loads((out / ".self_prompts.json").read_text())["records"]]
+             for r in json.loads((tmp_path / "free" / ".self_prompts.json").read_text())["records"]]
     assert len(again) == 6 and not any(q.startswith(tuple(leads[1:])) for q in again)
     general = write_config("general.yaml", data={"source": "self", "limit": 3, "seed": 3, "lead_ins": "general"},
                            output={"dir": str(tmp_path / "general")})

@@ -18,21 +18,47 @@ import sys
 import time
 
 
-def call(cmd: list[str], **kwargs) -> int:
+def call(cmd: list[str], on_signal=None, **kwargs) -> int:
     """subprocess.call; on Ctrl-C, SIGTERM (the CLI turns it into SystemExit) or any error,
-    and after the child exits, whatever is left of its process group is killed."""
+    and after the child exits, whatever is left of its process group is killed.
+    on_signal(proc, signum): called on the first Ctrl-C or SIGTERM instead, to let the child
+    stop by itself; a second one kills the group."""
     proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
     # Its own session, so Ctrl-C in the terminal does not reach it (nor print its traceback).
     guard = subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid()), str(proc.pid)],
                              start_new_session=True, stdin=subprocess.DEVNULL)
     try:
-        return proc.wait()
+        with _first_signal_to(on_signal, proc):
+            return proc.wait()
     finally:
         guard.kill()
         guard.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+@contextlib.contextmanager
+def _first_signal_to(on_signal, proc):
+    if on_signal is None:
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    before, seen = {s: signal.getsignal(s) for s in signals}, []
+
+    def handle(signum, frame):
+        if seen:
+            raise KeyboardInterrupt
+        seen.append(signum)
+        on_signal(proc, signum)
+
+    for s in signals:
+        signal.signal(s, handle)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _guard(parent: int, group: int) -> None:

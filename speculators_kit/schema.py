@@ -95,6 +95,15 @@ class CaptureSection(Strict):
     # or a GPU runs it, else float32
     model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
 
+    @model_validator(mode="after")
+    def _layers_once(self):
+        if self.layers != "auto":  # a repeat is most likely a typo for another layer
+            twice = sorted({i for i in self.layers if self.layers.count(i) > 1})
+            if twice:
+                raise ValueError(f"capture.layers {self.layers} lists {twice} more than once: "
+                                 f"give each layer id once")
+        return self
+
 
 class StoreOutput(Strict):
     dir: str
@@ -379,7 +388,8 @@ def describe(schema: type[BaseModel], err: ValidationError) -> str:
         elif e["type"] == "missing":
             parts.append(f"missing required key {key!r}")
         elif e["type"] == "value_error":  # our own validators: the message says it all
-            parts.append(f"{key + ': ' if key else ''}{e['msg'].removeprefix('Value error, ')}")
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(msg if not key or msg.startswith(key + ".") else f"{key}: {msg}")
         else:
             parts.append(f"{key}: {e['msg']} (got {e.get('input')!r})")
     return "; ".join(parts)

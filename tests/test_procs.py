@@ -79,3 +79,30 @@ def test_a_finished_child_leaves_no_process_behind():
     before = children()
     assert call([sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
     assert children() <= before, "the guard (or the child) outlived call()"
+
+
+def test_on_signal_lets_the_child_stop_by_itself_and_a_second_signal_kills_it(tmp_path):
+    """`speckit train --nproc N`: the first Ctrl-C asks the ranks to save and stop; the second
+    one must still end everything at once."""
+    pid_file, asked = tmp_path / "grandchild.pid", tmp_path / "asked"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from speculators_kit.procs import call\n"
+        f"ask = lambda proc, signum: open({str(asked)!r}, 'w').write(signal.Signals(signum).name)\n"
+        f"call([sys.executable, '-c', {CHILD!r}, {str(pid_file)!r}], on_signal=ask)\n")])
+    try:
+        assert wait_for(lambda: pid_file.is_file() and pid_file.read_text(), 30)
+        grandchild = int(pid_file.read_text())
+        parent.send_signal(signal.SIGINT)
+        assert wait_for(asked.is_file, 10) and asked.read_text() == "SIGINT"
+        time.sleep(0.5)
+        assert parent.poll() is None and alive(grandchild), "the first signal stopped it"
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=30) != 0
+        assert wait_for(lambda: not alive(grandchild), 10), "the grandchild outlived the second signal"
+    finally:
+        parent.kill()
+        if pid_file.is_file() and pid_file.read_text():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -49,6 +49,8 @@ def _sample_changes(existing: StoreManifest, manifest: StoreManifest) -> list[st
         old, new = existing.provenance.get(section), manifest.provenance.get(section)
         if not (isinstance(old, dict) and isinstance(new, dict)):  # stores from before it was recorded
             continue
+        if section == "regenerate" and not (old.get("enabled") or new.get("enabled")):
+            continue  # the dataset's own answers: the other regenerate keys are unused
         old = {k: old.get(k, _default(section, k)) for k in old.keys() | new.keys()}
         changes += [f"{section}.{k}: store has {old[k]!r}, config asks {new.get(k)!r}"
                     for k in sorted(old) if k not in grows and old[k] != new.get(k)]

@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import re
 import sys
+import tempfile
+from pathlib import Path
 
 from speculators_kit import cpu_runtime, procs
+from speculators_kit.core.errors import SpecKitError
+
+RECIPE = "speculators_kit.train.recipe"  # the module each rank runs
+RANK_ERRORS = "SPECKIT_RANK_ERRORS"  # the folder where launched ranks leave their error for speckit
 
 
 def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hostfile: str | None) -> int:
@@ -28,7 +36,7 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
            "--master_port", str(free_port()), "--no_local_rank"]
     if hostfile:
         cmd += ["--hostfile", hostfile]
-    cmd += ["--module", "speculators_kit.train.recipe", config_path]
+    cmd += ["--module", RECIPE, config_path]
     for item in overrides:
         cmd += ["--set", item]
     if resume:
@@ -39,16 +47,51 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
     env.setdefault("DS_ACCELERATOR", "cuda" if cuda else "cpu")
     if not cuda:
         cpu_runtime.preload(env)  # the ranks start here: speckit's own process may lack it
-    return procs.call(cmd, env=env)
+    with tempfile.TemporaryDirectory(prefix="speckit-rank-errors-") as errors:
+        env[RANK_ERRORS] = errors
+        # A hostfile's remote ranks cannot be signalled from here: they keep the launcher's handling.
+        code = procs.call(cmd, env=env, on_signal=None if hostfile else stop_ranks)
+        said = _rank_errors(Path(errors))
+    if code != 0 and said:  # once, as the last line, not once per rank among the launcher's logs
+        raise SpecKitError(said)
+    return code
+
+
+def _rank_errors(folder: Path) -> str:
+    """What the ranks' errors say: one message if they agree (they mostly do), else each rank's."""
+    said = {p.stem: p.read_text() for p in sorted(folder.glob("rank-*.txt"))}
+    if len(set(said.values())) <= 1:
+        return next(iter(said.values()), "")
+    return "; ".join(f"{rank.replace('-', ' ')}: {text}" for rank, text in said.items())
+
+
+def stop_ranks(proc, signum) -> None:
+    """Ctrl-C or SIGTERM: ask each rank to stop after its step with a checkpoint (train/stop.py).
+    Ranks not started yet have nothing to save: then everything stops at once."""
+    import signal
+
+    import psutil
+
+    ranks, children = [], []
+    with contextlib.suppress(psutil.Error):  # the launcher may be gone already
+        children = psutil.Process(proc.pid).children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            cmdline = child.cmdline()  # `python -u -m RECIPE ...`; the launchers name it too
+            if any(a == "-m" and b == RECIPE for a, b in itertools.pairwise(cmdline)):
+                ranks.append(child)
+    if not ranks:
+        raise KeyboardInterrupt
+    for rank in ranks:
+        with contextlib.suppress(psutil.Error):
+            rank.send_signal(signal.SIGUSR1)
+    print(f"\ntrain: {signal.Signals(signum).name}: the {len(ranks)} ranks stop after this step with a "
+          f"checkpoint to resume from (send it again to stop at once)", file=sys.stderr, flush=True)
 
 
 def check_hostfile(path: str) -> None:
     """DeepSpeed's launcher trains on this machine alone when the hostfile is missing (one warning
     line among many), and stops with a traceback on a bad line: refuse both here, plainly."""
-    from pathlib import Path
-
-    from speculators_kit.core.errors import SpecKitError
-
     if not Path(path).is_file():
         raise SpecKitError(f"--hostfile {path} does not exist (DeepSpeed would train on this machine alone)")
     hosts = []

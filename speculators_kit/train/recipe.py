@@ -7,6 +7,7 @@ launcher, or in-process for one process).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -21,7 +22,7 @@ from speculators_kit import cpu_runtime
 from speculators_kit.core.errors import SpecKitError
 from speculators_kit.train import checkpoint, data
 from speculators_kit.train.acceptance import tau_from_stats
-from speculators_kit.train.stop import StopRequest
+from speculators_kit.train.stop import RANK_SIGNALS, Stopped, StopRequest
 
 
 @dataclass
@@ -185,13 +186,14 @@ def _build_engine(run: Run, head) -> None:
         run.average = WeightAverage(run.module, cfg.optim.ema)
 
 
-def train(run: Run) -> dict:
+def train(run: Run, stop: StopRequest | None = None) -> dict:
+    """`stop`: a launched rank's, taken from its start (else this process's own, for the loop)."""
     last_eval = evaluate(run) if run.step == 0 else None
     window = {"tokens": 0, "seconds": 0.0, "losses": []}  # since the last log line; training only
     bar = _bar(run)
-    with StopRequest(enabled=run.world == 1) as stop:
+    with contextlib.nullcontext(stop) if stop is not None else StopRequest() as request:
         while run.step < run.cfg.train.max_steps:
-            last_eval = _epoch(run, window, bar, stop) or last_eval
+            last_eval = _epoch(run, window, bar, request) or last_eval
     if bar:
         bar.close()
     return {"step": run.step, "eval": last_eval, "draft": str(run.out / "draft")}
@@ -222,10 +224,11 @@ def _epoch(run: Run, window: dict, bar, stop: StopRequest) -> dict | None:
             window.update(tokens=0, seconds=0.0, losses=[])
         if run.step % t.eval_every == 0 or run.step == t.max_steps:
             last_eval = evaluate(run)
-        if run.step % t.save_every == 0 or run.step == t.max_steps or stop.requested:
+        stopping = stop.agreed()
+        if run.step % t.save_every == 0 or run.step == t.max_steps or stopping:
             _save(run)
-        if stop.requested:
-            raise SpecKitError(stop.message(run.step, t.max_steps))
+        if stopping:
+            raise stop.stopped(run.step, t.max_steps)
     if run.pos >= steps_in_epoch:
         run.epoch, run.pos = run.epoch + 1, 0
     return last_eval
@@ -369,10 +372,10 @@ class _Logger:
         print(text, file=sys.stderr, flush=True)
 
 
-def run_training(cfg, resume: bool = False) -> dict:
+def run_training(cfg, resume: bool = False, stop: StopRequest | None = None) -> dict:
     run = setup(cfg, resume)
     try:
-        return train(run)
+        return train(run, stop)
     finally:
         if run.log and run.log.tb:
             run.log.tb.close()
@@ -388,13 +391,28 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     try:
-        result = run_training(load_config(args.config, "train", args.set), args.resume)
+        with StopRequest(RANK_SIGNALS) as stop:  # from the start: SIGUSR1 would end the process
+            result = run_training(load_config(args.config, "train", args.set), args.resume, stop)
     except SpecKitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        _report(err)
         return 1
     if dist.get_rank() == 0:
         print(json.dumps(result))
     return 0
+
+
+def _report(err: SpecKitError) -> None:
+    """Under `speckit train --nproc N`, speckit says it once after DeepSpeed's launcher's lines;
+    else each rank does (a stop, which every rank shares, only once)."""
+    from speculators_kit.train.launch import RANK_ERRORS
+
+    rank = int(os.environ.get("RANK", "0"))
+    if os.environ.get(RANK_ERRORS):
+        with contextlib.suppress(OSError):  # a remote rank: not its machine's folder
+            (Path(os.environ[RANK_ERRORS]) / f"rank-{rank}.txt").write_text(str(err))
+            return
+    if rank == 0 or not isinstance(err, Stopped):
+        print(f"error: {err}", file=sys.stderr)
 
 
 if __name__ == "__main__":

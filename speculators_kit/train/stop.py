@@ -1,7 +1,11 @@
-"""Ctrl-C or SIGTERM during a one-process training: finish the step, save a checkpoint, then
-stop, so at most the step in flight is lost (not up to train.save_every steps). A second signal
-stops at once. Runs of several processes keep DeepSpeed's launcher's handling, which terminates
-every rank itself."""
+"""Ctrl-C or SIGTERM during a training: finish the step, save a checkpoint, then stop, so at most
+the step in flight is lost (not up to train.save_every steps). A second signal stops at once.
+
+One process gets the signal itself. With `--nproc N`, speckit gets it and sends each rank
+SIGUSR1 (RANK_SIGNALS): a rank must keep dying on SIGTERM, which DeepSpeed's launcher sends the
+others when one rank fails. The ranks then agree on the step to stop after, since each writes its
+part of the checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,31 @@ import signal
 import sys
 from typing import Self
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+import torch
+import torch.distributed as dist
+
+from speculators_kit.core.errors import SpecKitError
+
+ONE_PROCESS_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RANK_SIGNALS = (signal.SIGUSR1,)
+
+
+class Stopped(SpecKitError):
+    """A training that stopped on request, after saving the step it stopped at."""
 
 
 class StopRequest:
-    def __init__(self, enabled: bool):
-        self.enabled, self.signum, self.before = enabled, None, {}
+    def __init__(self, signals: tuple[signal.Signals, ...] = ONE_PROCESS_SIGNALS):
+        self.signals, self.signum, self.before = signals, None, {}
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
 
     def __enter__(self) -> Self:
-        if self.enabled:
-            self.before = {s: signal.getsignal(s) for s in SIGNALS}
-            for s in SIGNALS:
-                signal.signal(s, self._handle)
+        self.before = {s: signal.getsignal(s) for s in self.signals}
+        for s in self.signals:
+            signal.signal(s, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -35,9 +48,21 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\ntrain: {signal.Signals(signum).name}: stopping after this step with a checkpoint to "
-              f"resume from (send it again to stop at once)", file=sys.stderr, flush=True)
+        if signum not in RANK_SIGNALS:  # speckit says it for the ranks, once
+            print(f"\ntrain: {signal.Signals(signum).name}: stopping after this step with a checkpoint to "
+                  f"resume from (send it again to stop at once)", file=sys.stderr, flush=True)
 
-    def message(self, step: int, max_steps: int) -> str:
-        return (f"stopped by {signal.Signals(self.signum).name} at step {step} of {max_steps}, with a "
-                f"checkpoint of that step: re-run the same command to go on (speckit train: add --resume)")
+    def agreed(self) -> bool:
+        """Whether to stop after this step, asked of every rank at every step: a rank that saw
+        the signal a step later than another would wait forever in the checkpoint's collectives."""
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            return self.requested
+        flag = torch.tensor([float(self.requested)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def stopped(self, step: int, max_steps: int) -> Stopped:
+        cause = "speckit's stop request" if self.signum in RANK_SIGNALS or self.signum is None \
+            else signal.Signals(self.signum).name
+        return Stopped(f"stopped by {cause} at step {step} of {max_steps}, with a checkpoint of that "
+                       f"step: re-run the same command to go on (speckit train: add --resume)")

@@ -40,6 +40,7 @@ def run_fails(capsys, config, *extra):
     ({"data": {"path": "/nope/missing.jsonl"}}, "data.path /nope/missing.jsonl does not exist"),
     ({"data": {"prompt_field": "prompt"}}, "no field 'prompt' .*set data.prompt_field"),
     ({"capture": {"layers": [1, 9]}}, r"capture.layers \[9\] out of range.*0 \(embeddings\) to 4"),
+    ({"capture": {"layers": [2, 2]}}, r"capture.layers \[2, 2\] lists \[2\] more than once"),
     ({"capture": {"dtpye": "fp8"}}, "unknown key 'capture.dtpye' \\(allowed here: .*dtype"),
     ({"capture": {"dtype": "int4"}}, "capture.dtype"),
     ({"data": {"source": "self", "limit": 3}, "regenerate": {"enabled": False}}, "regenerate.enabled: true"),

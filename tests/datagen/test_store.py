@@ -152,3 +152,26 @@ def test_a_folder_that_is_not_a_store_is_left_alone(tmp_path):
     (bad / MANIFEST).write_text(json.dumps({"format_version": 1}))
     with pytest.raises(SpecKitError, match="not a valid store manifest"):
         StoreReader(bad)
+
+
+def test_what_counts_as_another_dataset(tmp_path):
+    """A store grows by data.limit; other data or answers are another store's. Keys a store
+    predates count as their defaults, and unused answer settings do not count."""
+    from speculators_kit.datagen.writer import setup_differences
+
+    data = {"source": "jsonl", "path": "a.jsonl", "prompt_field": "q", "limit": 10, "max_length": 512}
+    answers = {"enabled": False, "max_new_tokens": 256, "temperature": 0.0}
+    StoreWriter(tmp_path / "s", manifest(provenance={"data": data, "regenerate": answers}))
+
+    def differences(data_change=None, answer_change=None):
+        made = manifest(provenance={"data": {**data, **(data_change or {})},
+                                    "regenerate": {**answers, **(answer_change or {})}})
+        return setup_differences(tmp_path / "s", made)
+
+    assert differences({"limit": 1000, "max_length": 1024}) == []
+    assert differences({"lead_ins": [], "turns": 1}) == []  # the defaults of keys added since
+    assert differences({"turns": 2}) == ["data.turns: store has 1, config asks 2"]
+    assert differences({"path": "b.jsonl"}) == ["data.path: store has 'a.jsonl', config asks 'b.jsonl'"]
+    assert differences(answer_change={"max_new_tokens": 64}) == []  # regeneration is off
+    assert differences(answer_change={"enabled": True}) == ["regenerate.enabled: store has False, config asks True"]
+    assert setup_differences(tmp_path / "none", manifest()) == []

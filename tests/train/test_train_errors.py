@@ -147,3 +147,27 @@ def test_a_hostfile_deepspeed_would_ignore_or_choke_on(train_config, capsys, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(expected, err[0]), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_rank_error_is_said_once_as_the_last_line(train_config, tmp_path):
+    """--nproc 2: each rank printed it, among DeepSpeed's launcher's lines, the last of which
+    said `exits with return code = 1`."""
+    from tests.train.conftest import speckit
+
+    result = speckit("train", train_config(data={"stores": [str(tmp_path / "nope")]}), "--nproc", 2)
+    err = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and re.match(r"error: store .*nope does not exist", err[-1]), err[-5:]
+    assert sum("nope does not exist" in line for line in err) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_ranks_that_disagree_are_each_named(tmp_path):
+    from speculators_kit.train.launch import _rank_errors
+
+    assert _rank_errors(tmp_path) == ""
+    (tmp_path / "rank-0.txt").write_text("store x is broken")
+    (tmp_path / "rank-1.txt").write_text("store x is broken")
+    assert _rank_errors(tmp_path) == "store x is broken"
+    (tmp_path / "rank-1.txt").write_text("out of memory")
+    assert _rank_errors(tmp_path) == "rank 0: store x is broken; rank 1: out of memory"

@@ -245,8 +245,10 @@ def test_weight_average_is_what_evals_and_drafts_use_and_it_resumes(train_config
     assert all(torch.allclose(again[name], before[name], rtol=1e-6, atol=1e-7) for name in before)
 
 
-def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_from_it(train_config, tmp_path):
-    """Before, Ctrl-C (or SIGTERM) lost every step since the last train.save_every checkpoint."""
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_from_it(train_config, tmp_path, nproc):
+    """Before, Ctrl-C (or SIGTERM) lost every step since the last train.save_every checkpoint;
+    with --nproc 2 speckit killed the ranks at once."""
     import signal
     import subprocess
     import sys
@@ -254,8 +256,9 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_from_it(train_con
 
     cfg = train_config(train={"max_steps": 100000, "save_every": 50000, "eval_every": 50000, "log_every": 1})
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    proc = subprocess.Popen([sys.executable, "-m", "speculators_kit.cli", "train", str(cfg)], env=env | {
-        "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}, stderr=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-m", "speculators_kit.cli", "train", str(cfg), "--nproc", str(nproc)]
+    proc = subprocess.Popen(cmd, env=env | {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"},
+                            stderr=subprocess.PIPE, text=True)
     log = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (log.is_file() and len(log.read_text().splitlines()) >= 4) and time.monotonic() < deadline:
@@ -264,7 +267,11 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_from_it(train_con
     err = proc.communicate(timeout=300)[1]
     assert proc.returncode == 1, err[-3000:]
     stopped = max(r["step"] for r in metrics(tmp_path / "run") if "loss" in r)
-    assert f"stopped by SIGINT at step {stopped} of 100000, with a checkpoint of that step" in err, err[-3000:]
+    cause = "SIGINT" if nproc == 1 else "speckit's stop request"
+    assert f"stopped by {cause} at step {stopped} of 100000, with a checkpoint of that step" in err, err[-3000:]
+    assert err.count("error: stopped by") == 1, err[-3000:]  # one rank says it
+    if nproc == 2:
+        assert "SIGINT: the 2 ranks stop after this step" in err, err[-3000:]
     assert (tmp_path / "run" / "checkpoints" / f"step-{stopped:08d}").is_dir()
-    resumed = speckit("train", cfg, "--resume", "--set", f"train.max_steps={stopped + 2}")
+    resumed = speckit("train", cfg, "--resume", "--set", f"train.max_steps={stopped + 2}", "--nproc", nproc)
     assert resumed.returncode == 0 and f"resuming at step {stopped}" in resumed.stderr, resumed.stderr[-3000:]

@@ -28,7 +28,9 @@ def call(cmd: list[str], on_signal=None, **kwargs) -> int:
     guard = subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid()), str(proc.pid)],
                              start_new_session=True, stdin=subprocess.DEVNULL)
     try:
-        with _first_signal_to(on_signal, proc):
+        gently = contextlib.nullcontext() if on_signal is None else \
+            first_signal((signal.SIGINT, signal.SIGTERM), lambda signum: on_signal(proc, signum))
+        with gently:
             return proc.wait()
     finally:
         guard.kill()
@@ -39,21 +41,19 @@ def call(cmd: list[str], on_signal=None, **kwargs) -> int:
 
 
 @contextlib.contextmanager
-def _first_signal_to(on_signal, proc):
-    if on_signal is None:
-        yield
-        return
-    signals = (signal.SIGINT, signal.SIGTERM)
+def first_signal(signals, handle):
+    """While inside: the first of `signals` calls handle(signum), to stop gently; a second one
+    raises KeyboardInterrupt, to stop at once."""
     before, seen = {s: signal.getsignal(s) for s in signals}, []
 
-    def handle(signum, frame):
+    def on_signal(signum, frame):
         if seen:
             raise KeyboardInterrupt
         seen.append(signum)
-        on_signal(proc, signum)
+        handle(signum)
 
     for s in signals:
-        signal.signal(s, handle)
+        signal.signal(s, on_signal)
     try:
         yield
     finally:

@@ -41,6 +41,13 @@ def wait_for(predicate, seconds: float) -> bool:
     return predicate()
 
 
+def _kill_grandchild(pid_file: Path) -> None:
+    """A failed test's leftover, which would slow every later test on the machine."""
+    if pid_file.is_file() and pid_file.read_text():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT, "sigkill": signal.SIGKILL}
 
 
@@ -65,9 +72,7 @@ def test_killing_speckit_ends_the_grandchildren(tmp_path, how):
         assert wait_for(lambda: not alive(grandchild), 10), "the grandchild outlived speckit"
     finally:
         parent.kill()
-        if pid_file.is_file() and pid_file.read_text():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        _kill_grandchild(pid_file)
 
 
 def children() -> set[int]:
@@ -103,6 +108,4 @@ def test_on_signal_lets_the_child_stop_by_itself_and_a_second_signal_kills_it(tm
         assert wait_for(lambda: not alive(grandchild), 10), "the grandchild outlived the second signal"
     finally:
         parent.kill()
-        if pid_file.is_file() and pid_file.read_text():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        _kill_grandchild(pid_file)

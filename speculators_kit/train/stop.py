@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from speculators_kit.core.errors import SpecKitError
+from speculators_kit.procs import first_signal
 
 ONE_PROCESS_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RANK_SIGNALS = (signal.SIGUSR1,)
@@ -28,25 +29,21 @@ class Stopped(SpecKitError):
 
 class StopRequest:
     def __init__(self, signals: tuple[signal.Signals, ...] = ONE_PROCESS_SIGNALS):
-        self.signals, self.signum, self.before = signals, None, {}
+        self.signals, self.signum, self._handlers = signals, None, None
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
 
     def __enter__(self) -> Self:
-        self.before = {s: signal.getsignal(s) for s in self.signals}
-        for s in self.signals:
-            signal.signal(s, self._handle)
+        self._handlers = first_signal(self.signals, self._handle)
+        self._handlers.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        for s, handler in self.before.items():
-            signal.signal(s, handler)
+        self._handlers.__exit__(*exc)
 
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
+    def _handle(self, signum) -> None:
         self.signum = signum
         if signum not in RANK_SIGNALS:  # speckit says it for the ranks, once
             print(f"\ntrain: {signal.Signals(signum).name}: stopping after this step with a checkpoint to "

@@ -341,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err} (--debug shows where)", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C where nothing is lost by stopping at once (else handled there)
+        if args.debug:
+            raise
+        print(f"\nspeckit {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def _reexec_with_fast_runtime() -> None:

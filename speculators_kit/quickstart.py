@@ -65,7 +65,7 @@ BUDGETS = {
     "small": {"samples": 450, "new_tokens": 128, "steps": 240, "tokens": 2048, "warmup": 20,
               "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,
               "eval_tokens": 128, "k": 3, "ngram": False,
-              "wall": "12-13 min on 2 AVX-512 cores, 40-60 on 2 AVX2-only ones"},
+              "wall": "12-18 min on 2 AVX-512 cores, 40-60 on 2 AVX2-only ones"},
     "full": {"samples": 3000, "lead_in_stores": ((2000, 1), (2000, 1), (1000, 2)), "new_tokens": 256,
              "steps": 6000, "tokens": 2048, "warmup": 50, "lr": 1e-3, "init": "random", "loss_on": "all",
              "eval_prompts": 40, "eval_tokens": 256, "k": 5, "ngram": True, "early_exit": 0.3,

@@ -186,3 +186,33 @@ def test_serve_refuses_a_draft_for_another_target_before_vllm_starts(tiny_target
     assert code == 1 and err.count("\n") == 1, err
     # one line at once, not vLLM's traceback after its ~20 s of imports
     assert err.startswith(f"error: draft {tmp_path / 'draft'} does not fit target") and "made for another target" in err
+
+
+def test_ctrl_c_says_one_line_not_a_traceback(tmp_path, tiny_llama):
+    """Ctrl-C where stopping at once loses nothing (here: `speckit eval` while its vLLM runner
+    starts) printed Python's traceback of wherever speckit was waiting."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    argv = ["eval", "--target", str(tiny_llama), "--prompts", str(tmp_path / "p.jsonl"), "--max-new-tokens", "2",
+            "--out", str(tmp_path / "eval")]
+    # A terminal's Ctrl-C: a test run as a background job inherits SIGINT ignored, and Python
+    # then leaves it ignored
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+        "from speculators_kit.cli import main\n"
+        f"sys.exit(main({argv!r}))\n")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any("speculators_kit.eval.vllm_runner" in c.cmdline() for c in psutil.Process(proc.pid).children()):
+        assert time.monotonic() < deadline and proc.poll() is None, "no runner started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "speckit eval: interrupted", err[-3000:]
+    assert "Traceback" not in err

@@ -146,9 +146,9 @@ def _cached_run(spec: dict, path: Path, log=print) -> dict:
         result = run(spec)
     else:
         result = _vllm_subprocess(spec, path)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"spec": spec, "result": result}))
-    os.replace(tmp, path)
+    from speculators_kit.core.store import write_json_atomic  # torch: not for every eval import
+
+    write_json_atomic(path, {"spec": spec, "result": result})
     return result
 
 

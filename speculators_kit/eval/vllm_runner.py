@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from speculators_kit.core.store import write_json_atomic
 from speculators_kit.eval import cpu_share
 from speculators_kit.eval.prompts import opening
 
@@ -104,9 +105,7 @@ def run(spec: dict) -> dict:
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     result = run(spec)
-    tmp = sys.argv[2] + ".tmp"
-    Path(tmp).write_text(json.dumps(result))
-    os.replace(tmp, sys.argv[2])
+    write_json_atomic(Path(sys.argv[2]), result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from speculators_kit import cpu_runtime, procs
 from speculators_kit.core.errors import SpecKitError
 
-RECIPE = "speculators_kit.train.recipe"  # the module each rank runs
+RANK_MODULE = "speculators_kit.train.rank"  # the module each rank runs
 RANK_ERRORS = "SPECKIT_RANK_ERRORS"  # the folder where launched ranks leave their error for speckit
 
 
@@ -36,7 +36,7 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
            "--master_port", str(free_port()), "--no_local_rank"]
     if hostfile:
         cmd += ["--hostfile", hostfile]
-    cmd += ["--module", RECIPE, config_path]
+    cmd += ["--module", RANK_MODULE, config_path]
     for item in overrides:
         cmd += ["--set", item]
     if resume:
@@ -49,8 +49,7 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
         cpu_runtime.preload(env)  # the ranks start here: speckit's own process may lack it
     with tempfile.TemporaryDirectory(prefix="speckit-rank-errors-") as errors:
         env[RANK_ERRORS] = errors
-        # A hostfile's remote ranks cannot be signalled from here: they keep the launcher's handling.
-        code = procs.call(cmd, env=env, on_signal=None if hostfile else stop_ranks)
+        code = procs.call(cmd, env=env, on_signal=stop_ranks)
         said = _rank_errors(Path(errors))
     if code != 0 and said:  # once, as the last line, not once per rank among the launcher's logs
         raise SpecKitError(said)
@@ -67,7 +66,9 @@ def _rank_errors(folder: Path) -> str:
 
 def stop_ranks(proc, signum) -> None:
     """Ctrl-C or SIGTERM: ask each rank to stop after its step with a checkpoint (train/stop.py).
-    Ranks not started yet have nothing to save: then everything stops at once."""
+    The ranks on this machine suffice: every rank stops when one was asked. None is found when
+    none has started (nothing to save) or DeepSpeed started them over ssh (a hostfile of several
+    machines): then everything stops at once, as DeepSpeed's launcher does."""
     import signal
 
     import psutil
@@ -77,8 +78,8 @@ def stop_ranks(proc, signum) -> None:
         children = psutil.Process(proc.pid).children(recursive=True)
     for child in children:
         with contextlib.suppress(psutil.Error):
-            cmdline = child.cmdline()  # `python -u -m RECIPE ...`; the launchers name it too
-            if any(a == "-m" and b == RECIPE for a, b in itertools.pairwise(cmdline)):
+            cmdline = child.cmdline()  # `python -u -m RANK_MODULE ...`; the launchers name it too
+            if any(a == "-m" and b == RANK_MODULE for a, b in itertools.pairwise(cmdline)):
                 ranks.append(child)
     if not ranks:
         raise KeyboardInterrupt

@@ -188,15 +188,26 @@ def _build_engine(run: Run, head) -> None:
 
 def train(run: Run, stop: StopRequest | None = None) -> dict:
     """`stop`: a launched rank's, taken from its start (else this process's own, for the loop)."""
-    last_eval = evaluate(run) if run.step == 0 else None
     window = {"tokens": 0, "seconds": 0.0, "losses": []}  # since the last log line; training only
+    # A stop asked of a rank during its setup or the first eval ends it before a step, which it
+    # would have to save: a checkpoint of step 1 would make the re-run the user stopped for need
+    # --resume. One process stops at once until the loop (KeyboardInterrupt).
+    if stop is not None:
+        _stop_if_asked_before(run, stop)
+    last_eval = evaluate(run) if run.step == 0 else None
     bar = _bar(run)
     with contextlib.nullcontext(stop) if stop is not None else StopRequest() as request:
+        _stop_if_asked_before(run, request)
         while run.step < run.cfg.train.max_steps:
             last_eval = _epoch(run, window, bar, request) or last_eval
     if bar:
         bar.close()
     return {"step": run.step, "eval": last_eval, "draft": str(run.out / "draft")}
+
+
+def _stop_if_asked_before(run: Run, stop: StopRequest) -> None:
+    if stop.agreed():
+        raise stop.stopped_before(run.step)
 
 
 def _epoch(run: Run, window: dict, bar, stop: StopRequest) -> dict | None:
@@ -381,8 +392,8 @@ def run_training(cfg, resume: bool = False, stop: StopRequest | None = None) -> 
             run.log.tb.close()
 
 
-def main(argv=None) -> int:
-    """Entry point of each launched process."""
+def main(argv=None, early: list[int] | None = None) -> int:
+    """Each launched process's training (train/rank.py: `early`, the stop requests it took first)."""
     from speculators_kit.schema import load_config
 
     parser = argparse.ArgumentParser()
@@ -391,7 +402,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     try:
-        with StopRequest(RANK_SIGNALS) as stop:  # from the start: SIGUSR1 would end the process
+        with StopRequest(RANK_SIGNALS, early) as stop:
             result = run_training(load_config(args.config, "train", args.set), args.resume, stop)
     except SpecKitError as err:
         _report(err)
@@ -413,7 +424,3 @@ def _report(err: SpecKitError) -> None:
             return
     if rank == 0 or not isinstance(err, Stopped):
         print(f"error: {err}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -28,8 +28,10 @@ class Stopped(SpecKitError):
 
 
 class StopRequest:
-    def __init__(self, signals: tuple[signal.Signals, ...] = ONE_PROCESS_SIGNALS):
-        self.signals, self.signum, self._handlers = signals, None, None
+    def __init__(self, signals: tuple[signal.Signals, ...] = ONE_PROCESS_SIGNALS, early: list[int] | None = None):
+        """`early`: where a handler installed before this one (train/rank.py) notes the signals
+        it took; read after this one is installed, so none falls between the two."""
+        self.signals, self.signum, self._handlers, self._early = signals, None, None, early or []
 
     @property
     def requested(self) -> bool:
@@ -38,6 +40,8 @@ class StopRequest:
     def __enter__(self) -> Self:
         self._handlers = first_signal(self.signals, self._handle)
         self._handlers.__enter__()
+        if self._early:
+            self.signum = self._early[0]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -59,7 +63,18 @@ class StopRequest:
         return bool(flag.item())
 
     def stopped(self, step: int, max_steps: int) -> Stopped:
-        cause = "speckit's stop request" if self.signum in RANK_SIGNALS or self.signum is None \
-            else signal.Signals(self.signum).name
-        return Stopped(f"stopped by {cause} at step {step} of {max_steps}, with a checkpoint of that "
-                       f"step: re-run the same command to go on (speckit train: add --resume)")
+        return Stopped(f"stopped by {self._cause()} at step {step} of {max_steps}, with a checkpoint of "
+                       f"that step: re-run the same command to go on (speckit train: add --resume)")
+
+    def stopped_before(self, step: int) -> Stopped:
+        """A stop asked for during the setup, before this run trained a step: nothing to save."""
+        if step == 0:
+            return Stopped(f"stopped by {self._cause()} before the first step: nothing was trained or "
+                           f"saved; re-run the same command to start")
+        return Stopped(f"stopped by {self._cause()} before step {step + 1}: the checkpoint of step {step} "
+                       f"is unchanged; re-run the same command to go on (speckit train: add --resume)")
+
+    def _cause(self) -> str:
+        if self.signum in RANK_SIGNALS or self.signum is None:
+            return "speckit's stop request"
+        return signal.Signals(self.signum).name

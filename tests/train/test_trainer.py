@@ -1,6 +1,7 @@
 """DeepSpeed training on a tiny store: ZeRO stages and process counts agree, resume replays the
 same curve, checkpoints load as drafts, bad configs fail with one clear line."""
 
+import contextlib
 import os
 import shutil
 
@@ -245,20 +246,26 @@ def test_weight_average_is_what_evals_and_drafts_use_and_it_resumes(train_config
     assert all(torch.allclose(again[name], before[name], rtol=1e-6, atol=1e-7) for name in before)
 
 
+def _start_training(cfg, *args):
+    """`speckit train` in the background, its stderr piped, to be signalled."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    cmd = [sys.executable, "-m", "speculators_kit.cli", "train", str(cfg), *map(str, args)]
+    return subprocess.Popen(cmd, env=env | {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"},
+                            stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_from_it(train_config, tmp_path, nproc):
     """Before, Ctrl-C (or SIGTERM) lost every step since the last train.save_every checkpoint;
     with --nproc 2 speckit killed the ranks at once."""
     import signal
-    import subprocess
-    import sys
     import time
 
     cfg = train_config(train={"max_steps": 100000, "save_every": 50000, "eval_every": 50000, "log_every": 1})
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    cmd = [sys.executable, "-m", "speculators_kit.cli", "train", str(cfg), "--nproc", str(nproc)]
-    proc = subprocess.Popen(cmd, env=env | {"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"},
-                            stderr=subprocess.PIPE, text=True)
+    proc = _start_training(cfg, "--nproc", nproc)
     log = tmp_path / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (log.is_file() and len(log.read_text().splitlines()) >= 4) and time.monotonic() < deadline:
@@ -275,3 +282,38 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_from_it(train_con
     assert (tmp_path / "run" / "checkpoints" / f"step-{stopped:08d}").is_dir()
     resumed = speckit("train", cfg, "--resume", "--set", f"train.max_steps={stopped + 2}", "--nproc", nproc)
     assert resumed.returncode == 0 and f"resuming at step {stopped}" in resumed.stderr, resumed.stderr[-3000:]
+
+
+def test_ctrl_c_while_the_ranks_start_stops_them_before_a_step_with_nothing_saved(train_config, tmp_path):
+    """Before, a rank still importing torch died of speckit's SIGUSR1 (the launcher's error lines
+    followed), and one past it trained and saved step 1, so the re-run the user stopped for
+    needed --resume. Signalled a second after the ranks appear: they are importing then."""
+    import signal
+    import time
+
+    import psutil
+
+    cfg = train_config(train={"max_steps": 100000, "save_every": 50000, "eval_every": 50000})
+    proc = _start_training(cfg, "--nproc", 2)
+
+    def ranks() -> int:
+        count = 0
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # the launcher's short-lived helpers
+                args = child.cmdline()
+                count += "-m" in args and args[args.index("-m") + 1].startswith("speculators_kit.train")
+        return count
+
+    deadline = time.monotonic() + 120
+    while ranks() < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == ("error: stopped by speckit's stop request before the first step: "
+                                            "nothing was trained or saved; re-run the same command to start"), err[-3000:]
+    assert "return code = -10" not in err, err[-3000:]  # no rank died of SIGUSR1
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    again = speckit("train", cfg, "--set", "train.max_steps=2", "--nproc", 2)  # the re-run needs no --resume
+    assert again.returncode == 0 and (tmp_path / "run" / "checkpoints" / "step-00000002").is_dir(), again.stderr[-3000:]

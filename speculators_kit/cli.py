@@ -344,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C where nothing is lost by stopping at once (else handled there)
         if args.debug:
             raise
-        print(f"\nspeckit {args.command}: interrupted", file=sys.stderr)
+        resumes = args.command in ("datagen", "eval", "quickstart")  # stores, cached runs, stages
+        print(f"\nspeckit {args.command}: interrupted" + ("; the same command goes on from what it finished"
+                                                          if resumes else ""), file=sys.stderr)
         return 128 + signal.SIGINT
 
 

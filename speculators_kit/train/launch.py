@@ -108,6 +108,27 @@ def check_hostfile(path: str) -> None:
         hosts.append(match.group(1))
     if not hosts:
         raise SpecKitError(f"--hostfile {path} lists no host: one 'HOST slots=N' line per machine")
+    _check_ssh(path, hosts)
+
+
+def _check_ssh(path: str, hosts: list[str]) -> None:
+    """DeepSpeed starts every machine's ranks over passwordless ssh (through pdsh for several),
+    and checks only the first host, with a traceback: check them all here, with the fix."""
+    import shutil
+    import subprocess
+
+    needs = ["ssh"] + (["pdsh"] if len(hosts) > 1 else [])
+    if missing := [tool for tool in needs if shutil.which(tool) is None]:
+        raise SpecKitError(f"--hostfile {path}: DeepSpeed starts the ranks of each machine with "
+                           f"{' and '.join(needs)}, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed here "
+                           f"(Debian/Ubuntu: apt install {' '.join('openssh-client' if t == 'ssh' else t for t in missing)})")
+    check = ["ssh", "-o", "PasswordAuthentication=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    unreachable = [host for host in hosts if subprocess.run(
+        [*check, host, "true"], stdin=subprocess.DEVNULL, capture_output=True, check=False).returncode != 0]
+    if unreachable:
+        raise SpecKitError(f"--hostfile {path}: {', '.join(unreachable)} not reachable by passwordless ssh, "
+                           f"which DeepSpeed starts the ranks with: `ssh {unreachable[0]} true` must work "
+                           f"without a password; or drop --hostfile to train on this machine alone (--nproc N)")
 
 
 def _has_cuda() -> bool:

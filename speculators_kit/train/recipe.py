@@ -192,12 +192,11 @@ def train(run: Run, stop: StopRequest | None = None) -> dict:
     # A stop asked of a rank during its setup or the first eval ends it before a step, which it
     # would have to save: a checkpoint of step 1 would make the re-run the user stopped for need
     # --resume. One process stops at once until the loop (KeyboardInterrupt).
-    if stop is not None:
-        _stop_if_asked_before(run, stop)
+    _stop_if_asked_before(run, stop)
     last_eval = evaluate(run) if run.step == 0 else None
+    _stop_if_asked_before(run, stop)
     bar = _bar(run)
     with contextlib.nullcontext(stop) if stop is not None else StopRequest() as request:
-        _stop_if_asked_before(run, request)
         while run.step < run.cfg.train.max_steps:
             last_eval = _epoch(run, window, bar, request) or last_eval
     if bar:
@@ -205,8 +204,8 @@ def train(run: Run, stop: StopRequest | None = None) -> dict:
     return {"step": run.step, "eval": last_eval, "draft": str(run.out / "draft")}
 
 
-def _stop_if_asked_before(run: Run, stop: StopRequest) -> None:
-    if stop.agreed():
+def _stop_if_asked_before(run: Run, stop: StopRequest | None) -> None:
+    if stop is not None and stop.agreed():
         raise stop.stopped_before(run.step)
 
 

@@ -138,6 +138,8 @@ def test_resume_checks_the_sample_split_when_the_checkpoint_recorded_it(tmp_path
     ("# two machines\n", r"lists no host: one 'HOST slots=N' line per machine"),
     ("worker-1 slots=2\nworker-2 2\n", r"line 2: 'worker-2 2' is not 'HOST slots=N'"),
     ("worker-1 slots=2\nworker-1 slots=4\n", r"line 2: worker-1 is listed twice"),
+    # DeepSpeed's launcher checks only the first host, with a traceback
+    ("no-such-host.invalid slots=2\n", r"(no-such-host.invalid not reachable by passwordless ssh|ssh is not installed)"),
 ])
 def test_a_hostfile_deepspeed_would_ignore_or_choke_on(train_config, capsys, tmp_path, text, expected):
     hostfile = tmp_path / "hosts"

@@ -173,6 +173,29 @@ def test_an_output_path_under_a_file_is_one_line(tiny_llama, tmp_path, capsys):
         main(["--debug", *argv])
 
 
+@pytest.mark.parametrize("dtype, args, kept", [
+    ("float32", [], True),
+    ("float32", ["--dtype", "bfloat16"], False),  # asked for: vLLM's own choice stands
+    ("float32", ["--dtype=auto"], False),
+    ("bfloat16", [], False),  # the target's own dtype already
+])
+def test_serve_keeps_a_float32_target_in_float32_with_a_draft(tmp_path, capsys, dtype, args, kept):
+    """vLLM downcasts a float32 target to bfloat16 on CPU, where speculative outputs stopped
+    matching the target's alone (6 of 8 MT-bench conversations, benchmarks/results/serve_dtype.*)."""
+    import json
+
+    from speculators_kit.serve import keep_float32
+
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "config.json").write_text(json.dumps({"dtype": dtype}))
+    spec = ["--speculative-config", '{"method": "eagle3", "model": "d", "num_speculative_tokens": 3}']
+    argv = [str(tmp_path / "t"), *spec, *args]
+    assert keep_float32(argv) == (argv + ["--dtype", "float32"] if kept else argv)
+    assert ("--dtype float32, the target's own" in capsys.readouterr().err) == kept
+    assert keep_float32([str(tmp_path / "t"), *args]) == [str(tmp_path / "t"), *args]  # no draft: vLLM's default
+    assert keep_float32(["HuggingFaceTB/SmolLM2-135M-Instruct", *spec]) == ["HuggingFaceTB/SmolLM2-135M-Instruct", *spec]
+
+
 @pytest.mark.parametrize("spelling", ["--speculative-config", "--speculative-config="])
 def test_serve_refuses_a_draft_for_another_target_before_vllm_starts(tiny_targets, tmp_path, capsys, spelling):
     import json

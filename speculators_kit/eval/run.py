@@ -22,13 +22,19 @@ from speculators_kit.eval.report import summarize, write_report
 def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompts: int | None = None,
              k: int = 5, temperature: float = 0.0, max_new_tokens: int = 256, engine: str = "vllm",
              baseline: str | None = None, seed: int = 0, concurrency: int = 1, log=print,
-             proposer: dict | None = None) -> dict:
-    """`proposer`: early-exit / budget settings for the draft run (vLLM's --additional-config)."""
+             proposer: dict | None = None, dtype: str = "float32") -> dict:
+    """`proposer`: early-exit / budget settings for the draft run (vLLM's --additional-config).
+    `dtype`: the target's (and draft's) compute dtype in vLLM; `vllm serve` downcasts a float32
+    target to bfloat16 on CPU unless told `--dtype float32`."""
     from speculators_kit.core.format import load_draft, read_config
     from speculators_kit.target.embedded import resolve_target
 
     _check_settings(num_prompts=num_prompts, k=k, temperature=temperature, max_new_tokens=max_new_tokens,
                     concurrency=concurrency, engine=engine)
+    if dtype not in DTYPES:
+        raise SpecKitError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    if dtype != "float32" and engine != "vllm":
+        raise SpecKitError("--dtype bfloat16 needs --engine vllm (the reference loop runs in float32)")
     target_dir = resolve_target(target)
     config = None
     if draft:
@@ -44,7 +50,7 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     # measured again, never reported as this one's
     base = {"engine": engine, "engine_versions": engine_versions(engine), "target": str(target_dir),
             "prompts": [p.__dict__ for p in items], "temperature": temperature, "max_model_len": max_len,
-            "max_new_tokens": max_new_tokens, "seed": seed, "concurrency": concurrency, "k": k}
+            "max_new_tokens": max_new_tokens, "seed": seed, "concurrency": concurrency, "k": k, "dtype": dtype}
     runs = {"target_only": dict(base, speculative_config=None)}
     if draft:
         # the digest makes a cached run stale once the draft at this path is retrained or its
@@ -68,11 +74,14 @@ def evaluate(target: str, draft: str | None, prompts: str, out: Path, num_prompt
     # are the vLLM plugin's and were not in effect there
     settings = (_effective_settings(draft, runs.get("speculative", {}).get("additional_config", {}))
                 if engine == "vllm" else None)
-    summary = summarize(results, items, k=k, engine=engine, prompts=prompts, temperature=temperature,
+    summary = summarize(results, items, k=k, engine=engine, dtype=dtype, prompts=prompts, temperature=temperature,
                         proposer=settings,
                         draft=draft, target=target)
     write_report(summary, out)
     return summary
+
+
+DTYPES = ("float32", "bfloat16")
 
 
 def _check_settings(engine: str, **numbers) -> None:

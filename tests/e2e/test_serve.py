@@ -44,7 +44,7 @@ def server(smollm2, smollm2_trained, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "speculators_kit.cli", "serve", str(smollm2),
                              "--speculative-config", spec, "--host", "127.0.0.1", "--port", str(port),
-                             "--max-model-len", "1024", "--enforce-eager", "--dtype", "float32",
+                             "--max-model-len", "1024", "--enforce-eager",  # no --dtype: speckit keeps float32
                              "--max-num-seqs", "8", "--seed", "0", "--additional-config",
                              json.dumps({"speculators_kit": {"log_interval_s": 1}})],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)

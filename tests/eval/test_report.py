@@ -1,6 +1,6 @@
 """results.json arithmetic: tau, tokens per target forward, per-turn numbers, speedup, identity."""
 
-from speculators_kit.eval.report import markdown, summarize
+from speculators_kit.eval.report import identity_message, markdown, summarize
 
 
 def _run(outputs, drafts, draft_tokens, accepted, per_pos, seconds, tokens, proposer_stats=None):
@@ -28,7 +28,12 @@ def test_tau_speedup_and_identity():
     assert s["speedup"] == (100 / 8.0) / (100 / 10.0)
     assert s["greedy_identical"] is True
     spec["outputs"] = [[[1, 2]], [[4]]]
-    assert _summary({"target_only": base, "speculative": spec})["greedy_identical"] is False
+    s = _summary({"target_only": base, "speculative": spec})
+    assert s["greedy_identical"] is False and s["outputs_differing"] == 1
+    assert identity_message(s) == (False, ("error: speculative outputs differ from target-only outputs at "
+                                           "temperature 0 (1 of 2 prompts)"))
+    expected, note = identity_message(s | {"dtype": "bfloat16"})  # rounding, not a bug
+    assert expected and note.startswith("note: ") and "--dtype float32 gives identical outputs" in note
 
 
 def test_forwards_without_a_draft_count_as_steps():

@@ -14,6 +14,8 @@ from speculators_kit.eval.run import evaluate
     ({"concurrency": 0}, "concurrency (--concurrency) must be at least 1"),
     ({"temperature": -0.1}, "temperature (--temperature) must be at least 0"),
     ({"engine": "trt"}, "engine 'trt' is not one of vllm, hf"),
+    ({"dtype": "float16"}, "dtype 'float16' is not one of float32, bfloat16"),
+    ({"dtype": "bfloat16", "engine": "hf"}, "--dtype bfloat16 needs --engine vllm (the reference loop runs in float32)"),
 ])
 def test_a_setting_no_run_could_use_is_refused_first(tmp_path, setting, message):
     out = tmp_path / "eval"

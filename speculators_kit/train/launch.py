@@ -119,9 +119,11 @@ def _check_ssh(path: str, hosts: list[str]) -> None:
 
     needs = ["ssh"] + (["pdsh"] if len(hosts) > 1 else [])
     if missing := [tool for tool in needs if shutil.which(tool) is None]:
+        verb = "is" if len(missing) == 1 else "are"
+        packages = " ".join("openssh-client" if tool == "ssh" else tool for tool in missing)
         raise SpecKitError(f"--hostfile {path}: DeepSpeed starts the ranks of each machine with "
-                           f"{' and '.join(needs)}, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed here "
-                           f"(Debian/Ubuntu: apt install {' '.join('openssh-client' if t == 'ssh' else t for t in missing)})")
+                           f"{' and '.join(needs)}, and {' and '.join(missing)} {verb} not installed here "
+                           f"(Debian/Ubuntu: apt install {packages})")
     check = ["ssh", "-o", "PasswordAuthentication=no", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
     unreachable = [host for host in hosts if subprocess.run(
         [*check, host, "true"], stdin=subprocess.DEVNULL, capture_output=True, check=False).returncode != 0]

@@ -81,9 +81,13 @@ def _target(argv: list[str]) -> str | None:
     return argv[0] if argv and not argv[0].startswith("-") else _flag(argv, "--model")
 
 
+SHORT_FLAGS = {"--speculative-config": "-sc"}  # vLLM 0.32's aliases of the flags read here
+
+
 def _flag(argv: list[str], name: str) -> str | None:
+    spellings = (name, "--" + name[2:].replace("-", "_"), *([SHORT_FLAGS[name]] if name in SHORT_FLAGS else []))
     for i, arg in enumerate(argv):
-        for spelling in (name, "--" + name[2:].replace("-", "_")):  # vLLM takes both
+        for spelling in spellings:  # vLLM takes each
             if arg == spelling and i + 1 < len(argv):
                 return argv[i + 1]
             if arg.startswith(spelling + "="):

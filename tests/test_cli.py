@@ -192,11 +192,13 @@ def test_serve_keeps_a_float32_target_in_float32_with_a_draft(tmp_path, capsys, 
     argv = [str(tmp_path / "t"), *spec, *args]
     assert keep_float32(argv) == (argv + ["--dtype", "float32"] if kept else argv)
     assert ("--dtype float32, the target's own" in capsys.readouterr().err) == kept
+    short = [str(tmp_path / "t"), "-sc", spec[1], *args]  # vLLM's alias
+    assert keep_float32(short) == (short + ["--dtype", "float32"] if kept else short)
     assert keep_float32([str(tmp_path / "t"), *args]) == [str(tmp_path / "t"), *args]  # no draft: vLLM's default
     assert keep_float32(["HuggingFaceTB/SmolLM2-135M-Instruct", *spec]) == ["HuggingFaceTB/SmolLM2-135M-Instruct", *spec]
 
 
-@pytest.mark.parametrize("spelling", ["--speculative-config", "--speculative-config="])
+@pytest.mark.parametrize("spelling", ["--speculative-config", "--speculative-config=", "-sc"])
 def test_serve_refuses_a_draft_for_another_target_before_vllm_starts(tiny_targets, tmp_path, capsys, spelling):
     import json
 

@@ -43,7 +43,7 @@ def _dtype_note(s: dict) -> str:
 def identity_message(s: dict) -> tuple[bool, str]:
     """(whether it is expected, what to say) when greedy speculative outputs differ from the
     target's alone. In float32 that is a bug; in bfloat16 it is rounding (keep_float32 in serve.py)."""
-    count = f"{s.get('outputs_differing', '?')} of {s['num_prompts']} prompts"
+    count = f"{s['outputs_differing']} of {s['num_prompts']} prompts"
     if s.get("dtype", "float32") == "bfloat16":
         return True, (f"note: speculative outputs differ from target-only outputs at temperature 0 ({count}): "
                       f"expected in bfloat16, where a step that verifies k+1 tokens rounds differently from "

@@ -205,6 +205,11 @@ class LossSection(Strict):
     # in training, this share of each draft layer's attention and MLP outputs is zeroed (residual
     # dropout, the rest scaled up to match); 0 = off
     dropout: float = Field(0.0, ge=0, lt=1)
+    # token-alignable training (GRIFFIN, arXiv 2502.11018): a step > 0 trains only the positions
+    # whose chain the draft kept, i.e. every earlier step's draft had the token fed next among its
+    # top `align` tokens (1: what a greedy chain needs); the others are states serving never
+    # reaches. 0 = off (every position trains every step)
+    align: int = Field(0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _weights_per_step(self):

@@ -42,6 +42,7 @@ class DraftTrainModule(nn.Module):
         self.weights = step_weights(loss_cfg.step_weights, self.steps)
         self.all_tokens = loss_cfg.tokens == "all"
         self.noise = loss_cfg.feature_noise
+        self.align = loss_cfg.align
         if loss_cfg.dropout:  # hooks, so the head (and what vLLM serves) has no dropout in it
             for layer in head.layers:
                 for part in (layer.self_attn.o_proj, layer.mlp):
@@ -51,7 +52,11 @@ class DraftTrainModule(nn.Module):
         norm = load_target_tensors(target_dir, ("model.norm.weight",))["model.norm.weight"]
         lm_head = shared_target_weight(target_dir, "lm_head.weight")
         self.register_buffer("target_norm", norm.float())
-        self.register_buffer("target_lm_head", lm_head[draft_ids_of(head)].float())
+        draft_ids = draft_ids_of(head)
+        self.register_buffer("target_lm_head", lm_head[draft_ids].float())
+        to_draft = torch.full((lm_head.shape[0],), -1, dtype=torch.long)  # -1: not in the draft vocab
+        to_draft[draft_ids] = torch.arange(len(draft_ids))
+        self.register_buffer("to_draft", to_draft, persistent=False)
         # The embedding is the target's, and so is EAGLE-1's lm_head: never trained. EAGLE-3's
         # lm_head starts as the target's rows for the draft vocabulary and stays frozen unless
         # asked: trained, it was most of the draft's weights and overfit (held-out loss 1.66 vs
@@ -91,12 +96,16 @@ class DraftTrainModule(nn.Module):
                                           rows=layer_rows(trained_rows))
         target_p, plogp, where = self._target_probs(hidden[..., -1, :] if eagle3 else clean, trained_rows,
                                                     normed=not eagle3)
-        total, matches = 0.0, []
+        total, matches, kept = 0.0, [], None
         for j, (out, (trained, mask)) in enumerate(zip(outputs, masks)):
             logits = self.head.compute_logits(out[:, : trained.shape[1]][trained]).float()
             tgt = target_p[where[j]]
             if j < self.steps:
                 loss = self._loss(logits, tgt, plogp[where[j]])
+                if self.align and self.training:
+                    if kept is not None:  # over all rows still: step j weighs P(chain kept to j)
+                        loss = loss * kept[trained]
+                    kept = self._kept(kept, logits, trained, ids, j) if j + 1 < self.steps else None
                 total = total + self.weights[j] * loss.sum() / trained.sum().clamp(min=1)
             if not self.training:  # trained is mask here: every chain position has its match
                 match = torch.zeros_like(mask)
@@ -107,6 +116,16 @@ class DraftTrainModule(nn.Module):
             return total, None
         scored = [m for _, m in masks]
         return total, torch.cat([chain_stats(matches, scored), walk_stats(matches, scored)])
+
+    def _kept(self, kept, logits, trained, ids, j: int) -> torch.Tensor:
+        """Step j + 1's [B, n - 1] positions whose chain the draft kept (loss.align): kept to step
+        j (None: all) and step j's draft had the token step j + 1 is fed, x[t + 2 + j], among its
+        top `align`. Rows step j did not train count as kept."""
+        n = trained.shape[1]
+        fed = F.pad(self.to_draft[ids[:, 2 + j: 1 + j + n].clamp(min=0)], (0, 1), value=-1)[trained]
+        hit = torch.ones_like(trained)
+        hit[trained] = (logits.topk(self.align, -1).indices == fed[:, None]).any(-1)
+        return (hit if kept is None else hit & kept)[:, : n - 1]
 
     def _noisy(self, feats: torch.Tensor) -> torch.Tensor:
         """feats [.., D] plus U(-a, a) * their RMS over D (a = loss.feature_noise), in training only;

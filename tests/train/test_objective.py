@@ -38,19 +38,30 @@ def batch_for(target_dir, lengths, answer_from, layer_ids, seed=0):
     return out, model
 
 
-def naive_loss(module, model, batch, kind, steps, weights, draft_ids, all_tokens=False):
-    """Loop over positions: step-j logits at t vs the target distribution of position t+1+j."""
-    outputs = module.head.forward_train(batch["token_ids"][:, 1:], batch["hidden"][..., :-1, :].flatten(-2)[:, :-1],
+def naive_loss(module, model, batch, kind, steps, weights, draft_ids, all_tokens=False, align=0):
+    """Loop over positions: step-j logits at t vs the target distribution of position t+1+j.
+    align k: step j at t counts only if each step i < j that trained at t had x[t+2+i] in its
+    top k (the mean still over every position)."""
+    ids = batch["token_ids"]
+    outputs = module.head.forward_train(ids[:, 1:], batch["hidden"][..., :-1, :].flatten(-2)[:, :-1],
                                         steps, attention_mask=batch["valid"][:, 1:])
+    in_top = {}  # (i, b, t): step i's draft had the token fed to step i+1 among its top `align`
     total = 0.0
     for j, logits in enumerate(outputs):
         num, den = 0.0, 0
         for b in range(logits.shape[0]):
             for t in range(logits.shape[1]):
                 p = t + 1 + j
-                if p >= batch["token_ids"].shape[1] or not batch["valid"][b, p]:
+                in_top[j, b, t] = True  # a row step j does not train counts as kept
+                if p >= ids.shape[1] or not batch["valid"][b, p]:
                     continue
                 if not (all_tokens or batch["dist_mask"][b, p]):
+                    continue
+                if p + 1 < ids.shape[1] and align:
+                    top = logits[b, t].topk(align).indices.tolist()
+                    in_top[j, b, t] = ids[b, p + 1].item() in [draft_ids[d].item() for d in top]
+                if align and not all(in_top[i, b, t] for i in range(j)):
+                    den += 1
                     continue
                 full = model.lm_head(model.model.norm(batch["hidden"][b, p, -1]))
                 target = F.softmax(full[draft_ids], -1)
@@ -117,6 +128,29 @@ def test_ttt_loss_matches_naive_reference(tiny_llama, kind, tokens):
     assert torch.allclose(longer_loss, eval_loss) and len(longer) == 2 * 4 + 3 and longer[5] == stats[3]
     assert longer[0] < stats[0]  # fewer positions have all 4 steps inside the sequence
     assert longer[6] == stats[4]  # the walk's chains start where they did: after each answer's first token
+
+
+@pytest.mark.parametrize("align", [1, 24])
+def test_align_trains_only_the_chains_the_draft_kept(tiny_llama, align):
+    cfg = draft_config_for_target(tiny_llama, "eagle3", 1, 96, [1, 2], 3)
+    head = init_draft(cfg, tiny_llama, "random", seed=1)
+    draft_ids = select_draft_vocab(torch.arange(256).flip(0), 96, [2])
+    apply_draft_vocab(head, draft_ids)
+    batch, model = batch_for(tiny_llama, [14, 11], answer_from=4, layer_ids=[1, 2, 4])
+    # the draft predicts the stored tokens from its own output sometimes, so some chains are kept
+    for b, n in enumerate([14, 11]):
+        batch["token_ids"][b, 2:n] = draft_ids[torch.arange(2, n) % 4]
+    modules = [DraftTrainModule(head, Path(tiny_llama), LossSection(ttt_steps=3, align=a)) for a in (0, align)]
+    plain, aligned = (m(batch)[0] for m in modules)
+    with torch.no_grad():
+        expected = naive_loss(modules[1], model, batch, "kl", 3, [1.0] * 3, draft_ids, align=align)
+        everything = naive_loss(modules[0], model, batch, "kl", 3, [1.0] * 3, draft_ids)
+    assert torch.allclose(aligned, expected.float(), rtol=1e-4, atol=1e-6), (aligned, expected)
+    assert torch.allclose(plain, everything.float(), rtol=1e-4, atol=1e-6)
+    assert aligned < plain  # dropped chains: the masked rows count as zero loss
+    for m in modules:
+        m.eval()
+    assert torch.equal(modules[0](batch)[0], modules[1](batch)[0])  # the held-out loss is unchanged
 
 
 def test_tau_estimate_from_chain_counts():

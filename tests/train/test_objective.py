@@ -137,7 +137,8 @@ def test_align_trains_only_the_chains_the_draft_kept(tiny_llama, align):
     draft_ids = select_draft_vocab(torch.arange(256).flip(0), 96, [2])
     apply_draft_vocab(head, draft_ids)
     batch, model = batch_for(tiny_llama, [14, 11], answer_from=4, layer_ids=[1, 2, 4])
-    # the draft predicts the stored tokens from its own output sometimes, so some chains are kept
+    # a cycle of 4 draft-vocab tokens: the random draft's top k holds the next one at some positions
+    # only, so some chains are kept and some dropped (at k=1: 6 of 24 at step 1, 3 of 22 at step 2)
     for b, n in enumerate([14, 11]):
         batch["token_ids"][b, 2:n] = draft_ids[torch.arange(2, n) % 4]
     modules = [DraftTrainModule(head, Path(tiny_llama), LossSection(ttt_steps=3, align=a)) for a in (0, align)]

@@ -29,7 +29,7 @@ SYSTEM_LIB_DIRS = ("/usr/lib/*-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local
 def preload(env: MutableMapping[str, str]) -> None:
     """Put tcmalloc and Intel OpenMP into env's LD_PRELOAD where this machine has them and runs
     CPU builds (a GPU machine's vLLM is left as it is)."""
-    if env.get(SWITCH, "1") == "0" or platform.system() != "Linux" or not _cpu_build():
+    if env.get(SWITCH, "1") == "0" or platform.system() != "Linux" or not cpu_build():
         return
     iomp = find_iomp() if platform.machine() in ("x86_64", "AMD64") else None
     value = with_fast_runtime(env.get("LD_PRELOAD", ""), find_tcmalloc(), iomp)
@@ -90,7 +90,7 @@ def find_iomp() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _cpu_build() -> bool:
+def cpu_build() -> bool:
     """torch's or vLLM's CPU build is installed (read from package metadata: importing torch
     to ask it would cost seconds before the re-exec imports it again)."""
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from speculators_kit import cpu_runtime
+from speculators_kit import cpu_runtime, engine_neighbours
 
 CPU_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; the default asks for most of the RAM and fails
@@ -13,8 +13,11 @@ CPU_ENV = {
 
 
 def set_cpu_defaults(offline: bool = True) -> None:
-    """Set the CPU defaults (and HF_HUB_OFFLINE for offline jobs) unless the user set them, and
-    preload tcmalloc and Intel OpenMP into the engine processes vLLM spawns from here on."""
+    """Set the CPU defaults (and HF_HUB_OFFLINE for offline jobs) unless the user set them,
+    preload tcmalloc and Intel OpenMP into the engine processes vLLM spawns from here on, and
+    warn when another engine already runs on the cores the next one will use."""
     for key, value in {**CPU_ENV, **({"HF_HUB_OFFLINE": "1"} if offline else {})}.items():
         os.environ.setdefault(key, value)
     cpu_runtime.preload(os.environ)
+    if cpu_runtime.cpu_build():
+        engine_neighbours.warn_if_crowded()

@@ -47,6 +47,12 @@ class HFCapture:
             outs.append(out[0, len(prompt):].tolist())
         return outs
 
+    startup_s = 0.0  # the model loads in __init__; nothing starts later
+
+    def start_capture(self, items, regen):
+        """(items, regen) for capture: this backend answers each item as it captures it."""
+        return items, regen
+
     @torch.inference_mode()
     def capture(self, items, regen) -> list[dict]:
         from speculators_kit.datagen.vllm_backend import _seed

@@ -173,13 +173,18 @@ def _capture_all(cfg, writer, todo, engine, items) -> dict:
     seen = writer.done_sample_ids()
     tokens = nbytes = samples = 0
     t0 = time.perf_counter()
-    backend = engine.get() if todo else None
-    start = time.perf_counter()  # throughput excludes the engine start
+    backend, capture_regen, startup = None, regen, 0.0  # throughput excludes model loads and engine starts
+    if todo:
+        backend = engine.get()
+        startup = time.perf_counter() - t0  # the HF backend loads its model here
+        before = backend.startup_s  # vLLM's engines start when first used
+        todo, capture_regen = backend.start_capture(todo, regen)
+        startup += backend.startup_s - before
     bar = tqdm(total=len(todo), unit="sample", desc="capture", dynamic_ncols=True)
     for lo in range(0, len(todo), cfg.output.shard_samples):
         chunk = todo[lo: lo + cfg.output.shard_samples]
         records = []
-        for item, rec in zip(chunk, backend.capture(chunk, regen)):
+        for item, rec in zip(chunk, backend.capture(chunk, capture_regen)):
             rec.update(_finish(prepared[item.source_id], rec, regen is not None))
             if rec["loss_mask"].any() and rec["sample_id"] not in seen:
                 seen.add(rec["sample_id"])
@@ -188,11 +193,11 @@ def _capture_all(cfg, writer, todo, engine, items) -> dict:
             info = writer.add_shard(records)
             tokens, nbytes, samples = tokens + info.num_tokens, nbytes + info.bytes, samples + len(records)
         bar.update(len(chunk))
-        rate = tokens / max(time.perf_counter() - start, 1e-9)
+        rate = tokens / max(time.perf_counter() - t0 - startup, 1e-9)
         bar.set_postfix(tokens=tokens, tok_s=f"{rate:.0f}")
     bar.close()
-    return {"samples": samples, "tokens": tokens, "bytes": nbytes, "seconds": time.perf_counter() - start,
-            "startup_s": start - t0}
+    return {"samples": samples, "tokens": tokens, "bytes": nbytes,
+            "seconds": time.perf_counter() - t0 - startup, "startup_s": startup}
 
 
 def _finish(item: Prepared, rec: dict, regenerated: bool) -> dict:

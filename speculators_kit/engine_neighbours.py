@@ -69,8 +69,11 @@ def neighbours(me: int | None = None) -> list[dict]:
 
 
 def warn_if_crowded(stream=None) -> list[dict]:
-    """Print one warning naming every engine found by `neighbours` (Linux only); returns them."""
-    if not sys.platform.startswith("linux"):
+    """Print one warning naming every engine found by `neighbours` (Linux, CPU builds of vLLM
+    or torch: a GPU engine does not pin cores); returns them."""
+    from speculators_kit.cpu_runtime import cpu_build
+
+    if not sys.platform.startswith("linux") or not cpu_build():
         return []
     found = neighbours()
     if found:
@@ -81,7 +84,7 @@ def warn_if_crowded(stream=None) -> list[dict]:
         others = "; ".join(f"`{owner}`: {', '.join(workers)}" for owner, workers in by_owner.items())
         print(f"speckit: warning: vLLM engines already run on the cores this one will use ({others}). "
               "vLLM pins each CPU engine's threads to cores itself, so the engines share those cores "
-              "and cannot move apart: each runs slower, and one may stall, and times measured "
+              "and cannot move apart: each runs slower (one may stall), and times measured "
               "meanwhile are not this machine's. Wait for them or stop them; with cores to spare, "
               "give each job its own with VLLM_CPU_OMP_THREADS_BIND=<cores> (e.g. 0-3 and 4-7).",
               file=stream or sys.stderr, flush=True)

@@ -19,5 +19,4 @@ def set_cpu_defaults(offline: bool = True) -> None:
     for key, value in {**CPU_ENV, **({"HF_HUB_OFFLINE": "1"} if offline else {})}.items():
         os.environ.setdefault(key, value)
     cpu_runtime.preload(os.environ)
-    if cpu_runtime.cpu_build():
-        engine_neighbours.warn_if_crowded()
+    engine_neighbours.warn_if_crowded()

@@ -89,3 +89,15 @@ def test_a_worker_on_other_cores_or_in_our_own_tree_is_not(stranger, monkeypatch
 def test_cpu_lists_parse_and_print_as_the_kernel_writes_them():
     assert engine_neighbours.parse_cpu_list("0-2,5|7") == {0, 1, 2, 5, 7}
     assert engine_neighbours._ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+
+
+def test_eval_warns_on_the_console_not_only_in_its_runner_log(stranger, tmp_path, capfd):
+    """The vLLM runner's output goes to a log file, so `speckit eval` checks before it starts one
+    (here a runner given an empty spec, which fails at once)."""
+    from speculators_kit.core.errors import SpecKitError
+    from speculators_kit.eval.run import _vllm_subprocess
+
+    pid, core = stranger
+    with pytest.raises(SpecKitError, match="the vLLM run failed"):
+        _vllm_subprocess({}, tmp_path / "target_only.json")
+    assert f"pid {pid} (cores {core}, " in capfd.readouterr().err

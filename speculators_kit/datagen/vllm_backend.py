@@ -68,6 +68,7 @@ class VLLMCapture:
         (training, in `speckit quickstart` the same process) or the other engine needs."""
         if self._llm is not None:
             self._llm.llm_engine.engine_core.shutdown()
+            _wait_for_engine_exit()
         self._llm, self._kind = None, None
 
     def _params(self, max_tokens: int, temperature: float, seed: int, kv: dict | None):
@@ -142,6 +143,15 @@ class VLLMCapture:
         data = load_file(str(path))
         path.unlink()
         return {"token_ids": data["token_ids"].long(), "hidden": data["hidden_states"].float()}
+
+
+def _wait_for_engine_exit(timeout: float = 60.0) -> None:
+    """shutdown() returns while the engine's processes may still be exiting (CI saw the next
+    engine start beside one): wait for them, so only one engine's memory is ever held."""
+    import psutil
+
+    engines = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::")]
+    psutil.wait_procs(engines, timeout=timeout)
 
 
 def _named_bar(desc: str):

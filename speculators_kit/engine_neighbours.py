@@ -2,9 +2,10 @@
 
 vLLM's CPU backend pins each engine's threads itself (VLLM_CPU_OMP_THREADS_BIND=auto): its
 worker thread to the first allowed core and its OpenMP threads to the rest. Two engines started
-on one machine get the same pins, so they cannot move apart and compete for the same cores: here a batch-1 eval started beside a datagen's capture decoded at 0.67x its
-speed alone, and once a test's engine got 2 s of CPU in 9 minutes and looked hung. Nothing in
-vLLM says so, so speckit warns before it starts one.
+on one machine get the same pins, so they cannot move apart and compete for the same cores:
+here a batch-1 eval started beside a datagen's capture decoded at 0.67x its speed alone, and
+once a test's engine got 2 s of CPU in 9 minutes and looked hung. Nothing in vLLM says so, so
+speckit warns before it starts one.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-WORKER = "VLLM::Worker"  # the process title vLLM gives its model workers (comm, 15 chars at most)
-BUSY_CORES = 0.25  # as eval's cpu_share: above the noise of an idle engine
+from speculators_kit.eval.cpu_share import BUSY_CORES  # above the noise of an idle engine
+
+ENGINE_PREFIX = "VLLM::"  # the process titles vLLM gives its engine processes (comm, 15 chars at most)
+WORKER = ENGINE_PREFIX + "Worker"  # the model worker, whose threads vLLM pins
 
 
 def cpus_of(pid: int) -> set[int]:
@@ -40,18 +43,18 @@ def parse_cpu_list(text: str) -> set[int]:
     return cpus
 
 
-def planned_cpus(env=os.environ) -> set[int]:
+def planned_cpus() -> set[int]:
     """The cores an engine started from this process will use."""
-    bind = env.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
     return os.sched_getaffinity(0) if bind in ("auto", "nobind") else parse_cpu_list(bind)
 
 
-def neighbours(me: int | None = None) -> list[dict]:
-    """vLLM workers outside me's process tree whose threads may run on the cores me's engine
+def neighbours() -> list[dict]:
+    """vLLM workers outside this process's tree whose threads may run on the cores its engine
     will use: pid, cores shared, owner (the command that started the engine), cores busy now."""
     import psutil
 
-    me = me or os.getpid()
+    me = os.getpid()
     mine = planned_cpus()
     found = []
     for proc in psutil.process_iter(["name"]):
@@ -98,7 +101,7 @@ def _descends_from(proc, root: int) -> bool:
 def _owner(proc) -> str:
     """The command line of the nearest ancestor that is not one of vLLM's engine processes."""
     for p in proc.parents():
-        if not p.name().startswith("VLLM::"):
+        if not p.name().startswith(ENGINE_PREFIX):
             argv = p.cmdline()
             if "speculators_kit.cli" in argv:  # speckit re-executes itself as python -m ...
                 argv = ["speckit", *argv[argv.index("speculators_kit.cli") + 1:]]

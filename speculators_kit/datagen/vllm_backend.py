@@ -107,10 +107,9 @@ class VLLMCapture:
         return items, regen
 
     def capture(self, items, regen) -> list[dict]:
-        """items: Prepared; regen: RegenerateSection or None. Returns token_ids + hidden [T, n, H]."""
-        if regen and regen.temperature > 0:  # sample elsewhere (see generate), then capture
-            items = self._with_sampled_answers(items, regen)
-            regen = None
+        """items: Prepared; regen: RegenerateSection or None, greedy (start_capture has made sampled
+        answers already). Returns token_ids + hidden [T, n, H]."""
+        assert not (regen and regen.temperature > 0), "sampled answers come from start_capture"
         params = []
         for item in items:
             kv = {"speckit_key": item.source_id, "include_output_tokens": bool(regen)}
@@ -150,7 +149,9 @@ def _wait_for_engine_exit(timeout: float = 60.0) -> None:
     engine start beside one): wait for them, so only one engine's memory is ever held."""
     import psutil
 
-    engines = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("VLLM::")]
+    from speculators_kit.engine_neighbours import ENGINE_PREFIX
+
+    engines = [p for p in psutil.Process().children(recursive=True) if p.name().startswith(ENGINE_PREFIX)]
     psutil.wait_procs(engines, timeout=timeout)
 
 

@@ -177,7 +177,7 @@ def _read_cached(path: Path, log) -> dict | None:
 def _vllm_subprocess(spec: dict, path: Path) -> dict:
     from speculators_kit.engine_neighbours import warn_if_crowded
 
-    warn_if_crowded()  # here, on the console: the runner's own check goes to its log file
+    warn_if_crowded()  # here, on the console: the runner's output goes to a log file
     spec_path, out_path = path.with_suffix(".spec.json"), path.with_suffix(".out.json")
     spec_path.write_text(json.dumps(spec))
     env = dict(os.environ)

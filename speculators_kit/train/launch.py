@@ -98,14 +98,7 @@ def stop_ranks(proc, signum) -> None:
     machines): then everything stops at once, as DeepSpeed's launcher does."""
     import psutil
 
-    ranks, children = [], []
-    with contextlib.suppress(psutil.Error):  # the launcher may be gone already
-        children = psutil.Process(proc.pid).children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            cmdline = child.cmdline()  # `python -u -m RANK_MODULE ...`; the launchers name it too
-            if any(a == "-m" and b == RANK_MODULE for a, b in itertools.pairwise(cmdline)):
-                ranks.append(child)
+    ranks = local_ranks(proc.pid)
     if not ranks:
         raise KeyboardInterrupt
     for rank in ranks:
@@ -113,6 +106,21 @@ def stop_ranks(proc, signum) -> None:
             rank.send_signal(signal.SIGUSR1)
     print(f"\ntrain: {signal.Signals(signum).name}: the {len(ranks)} ranks stop after this step with a "
           f"checkpoint to resume from (send it again to stop at once)", file=sys.stderr, flush=True)
+
+
+def local_ranks(launcher_pid: int) -> list:
+    """The rank processes (psutil) among the launcher's descendants on this machine."""
+    import psutil
+
+    ranks, children = [], []
+    with contextlib.suppress(psutil.Error):  # the launcher may be gone already
+        children = psutil.Process(launcher_pid).children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            cmdline = child.cmdline()  # `python -u -m RANK_MODULE ...`; the launchers name it too
+            if any(a == "-m" and b == RANK_MODULE for a, b in itertools.pairwise(cmdline)):
+                ranks.append(child)
+    return ranks
 
 
 def check_hostfile(path: str) -> None:

@@ -266,9 +266,7 @@ def test_a_rank_killed_is_said_with_the_checkpoint_to_resume_from(train_config, 
     import signal
     import time
 
-    import psutil
-
-    from speculators_kit.train.launch import RANK_MODULE
+    from speculators_kit.train.launch import local_ranks
 
     cfg = train_config(train={"max_steps": 100000, "save_every": 2, "eval_every": 50000, "log_every": 1})
     proc = _start_training(cfg, "--nproc", 2)
@@ -276,8 +274,7 @@ def test_a_rank_killed_is_said_with_the_checkpoint_to_resume_from(train_config, 
     deadline = time.monotonic() + 300
     while not list(ckpts.glob("step-*/state.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    ranks = [p for p in psutil.Process(proc.pid).children(recursive=True)
-             if RANK_MODULE in p.cmdline()[:4]]  # `python -u -m RANK_MODULE`; DeepSpeed's launchers name it later
+    ranks = local_ranks(proc.pid)
     assert len(ranks) == 2
     ranks[1].send_signal(signal.SIGKILL)
     err = proc.communicate(timeout=300)[1]

@@ -28,6 +28,21 @@ def at_least(low: float, kind=int):
     return parse
 
 
+_DTYPE_SPELLINGS = {"float32": "fp32", "fp32": "fp32", "bfloat16": "bf16", "bf16": "bf16"}
+
+
+def dtype_flag(short: bool):
+    """An argparse type taking either spelling, vLLM's (float32, bfloat16) or our YAML's (fp32,
+    bf16), for every --dtype: eval and convert had one each and a user could not tell which."""
+    def parse(text: str) -> str:
+        name = _DTYPE_SPELLINGS.get(text.lower())
+        if name is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a dtype: use float32 (fp32) or "
+                                             f"bfloat16 (bf16)")
+        return name if short else {"fp32": "float32", "bf16": "bfloat16"}[name]
+    return parse
+
+
 def cmd_target(args) -> int:
     from speculators_kit.target.embedded import prepare
 
@@ -268,8 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", choices=["ngram"], default=None)
     p.add_argument("--concurrency", type=at_least(1), default=1, help="requests in flight (1 = batch 1)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="compute dtype in vLLM (`vllm serve` picks bfloat16 for a float32 target on CPU)")
+    p.add_argument("--dtype", type=dtype_flag(short=False), default="float32",
+                   help="float32 (fp32) | bfloat16 (bf16): compute dtype in vLLM (`vllm serve` picks bfloat16 for a float32 target on CPU)")
     p.add_argument("--proposer", default=None, metavar="JSON",
                    help='early exit / budgets for the draft run, e.g. \'{"early_exit_threshold": 0.3}\'')
     p.add_argument("--out", required=True)
@@ -295,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "eagle", "eagle3", "hass", "speculators", "ours"])
     p.add_argument("--target", default="smollm2-135m-instruct", help="HF folder or embedded name")
     p.add_argument("--to", choices=["ours", "speculators"], default="ours")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32")
+    p.add_argument("--dtype", type=dtype_flag(short=True), default="fp32",
+                   help="fp32 (float32) | bf16 (bfloat16): the draft's stored weights")
     p.add_argument("--validate", action="store_true",
                    help="compare with a reference forward of the source, then run it in vLLM")
     p.add_argument("--overwrite", action="store_true")

@@ -141,6 +141,27 @@ def test_an_out_of_range_number_fails_at_once_naming_the_flag(argv, flag, tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.parametrize("spelling, vllm_name, short_name", [
+    ("bf16", "bfloat16", "bf16"), ("bfloat16", "bfloat16", "bf16"), ("BF16", "bfloat16", "bf16"),
+    ("fp32", "float32", "fp32"), ("float32", "float32", "fp32")])
+def test_every_dtype_flag_takes_both_spellings(spelling, vllm_name, short_name):
+    from speculators_kit.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["eval", "--out", "o", "--dtype", spelling]).dtype == vllm_name
+    assert parser.parse_args(["convert", "s", "o", "--dtype", spelling]).dtype == short_name
+
+
+@pytest.mark.parametrize("argv", [["eval", "--out", "o"], ["convert", "s", "o"]])
+def test_a_wrong_dtype_names_the_flag_and_both_spellings(argv, capsys):
+    from speculators_kit.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv + ["--dtype", "half"])
+    err = capsys.readouterr().err
+    assert "argument --dtype: 'half' is not a dtype: use float32 (fp32) or bfloat16 (bf16)" in err
+
+
 def test_draft_init_refuses_a_shape_the_target_cannot_serve(tiny_llama, tmp_path, capsys):
     def init(*flags):
         return run(["draft", "init", "--target", str(tiny_llama), "--out", str(tmp_path / "d"), *flags], capsys)

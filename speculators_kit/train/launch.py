@@ -54,8 +54,13 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
         said = _rank_errors(Path(errors))
     if code != 0 and said:  # once, as the last line, not once per rank among the launcher's logs
         raise SpecKitError(said)
+    if code < 0:  # the launcher itself: procs.call has killed what it had started
+        killed = signal.Signals(-code)
+        raise SpecKitError(_killed(f"DeepSpeed's launcher was killed by {killed.name}, so speckit "
+                                   f"stopped the ranks", killed, config_path, overrides))
     if killed := _killing_signal(code):
-        raise SpecKitError(_killed_rank(killed, config_path, overrides))
+        raise SpecKitError(_killed(f"a training rank was killed by {killed.name}, and DeepSpeed's "
+                                   f"launcher stopped the others", killed, config_path, overrides))
     return code
 
 
@@ -67,13 +72,13 @@ def _killing_signal(code: int) -> signal.Signals | None:
     return None
 
 
-def _killed_rank(killed: signal.Signals, config_path: str, overrides: list[str]) -> str:
-    """The cause and the way on, as DeepSpeed says only `exits with return code = -9` among
-    the other ranks' tracebacks (theirs say the connection to the dead rank was reset)."""
+def _killed(said: str, killed: signal.Signals, config_path: str, overrides: list[str]) -> str:
+    """What happened, the likely cause and the way on, as DeepSpeed says only `exits with return
+    code = -9` among the other ranks' tracebacks (theirs say the connection to the dead rank was
+    reset), or nothing at all when the launcher itself is killed."""
     from speculators_kit.schema import load_config
     from speculators_kit.train import checkpoint
 
-    said = f"a training rank was killed by {killed.name}, and DeepSpeed's launcher stopped the others"
     if killed == signal.SIGKILL:
         said += (" (mostly the kernel's OOM killer: `dmesg | grep -i oom` tells; fewer --nproc or a "
                  "smaller train.micro_batch_tokens need less memory)")

@@ -260,11 +260,18 @@ def test_weight_average_is_what_evals_and_drafts_use_and_it_resumes(train_config
     assert all(torch.allclose(again[name], before[name], rtol=1e-6, atol=1e-7) for name in before)
 
 
-def test_a_rank_killed_is_said_with_the_checkpoint_to_resume_from(train_config, tmp_path):
+@pytest.mark.parametrize("victim, said", [
+    ("rank", "a training rank was killed by SIGKILL, and DeepSpeed's launcher stopped the others"),
+    ("launcher", "DeepSpeed's launcher was killed by SIGKILL, so speckit stopped the ranks")])
+def test_a_killed_rank_or_launcher_is_said_with_the_checkpoint_to_resume_from(train_config, tmp_path,
+                                                                              victim, said):
     """The OOM killer takes one rank: DeepSpeed stops the other and says only `exits with return
-    code = -9` among the survivor's gloo traceback; speckit says what happened and the way on."""
+    code = -9` among the survivor's gloo traceback. It takes the launcher: nothing is said. Either
+    way speckit says what happened and the way on, and no rank is left running."""
     import signal
     import time
+
+    import psutil
 
     from speculators_kit.train.launch import local_ranks
 
@@ -276,11 +283,13 @@ def test_a_rank_killed_is_said_with_the_checkpoint_to_resume_from(train_config, 
         time.sleep(0.2)
     ranks = local_ranks(proc.pid)
     assert len(ranks) == 2
-    ranks[1].send_signal(signal.SIGKILL)
+    launcher = psutil.Process(proc.pid).children()[0]
+    (ranks[1] if victim == "rank" else launcher).send_signal(signal.SIGKILL)
     err = proc.communicate(timeout=300)[1]
     assert proc.returncode == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: a training rank was killed by SIGKILL"), err[-3000:]
+    assert last.startswith(f"error: {said}"), err[-3000:]
+    assert not psutil.wait_procs(ranks, timeout=30)[1], "a rank outlived speckit"
     saved = max(ckpts.glob("step-*/state.json")).parent.name
     assert f"add --resume to the same command to go on from {saved}" in last
 

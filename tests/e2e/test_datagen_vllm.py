@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from speculators_kit.core.store import StoreReader, read_manifest
+from tests.helpers import short_tmpdir
 
 pytestmark = pytest.mark.slow
 N = 10
@@ -44,21 +45,21 @@ def speckit(*args, tmpdir=None, **kw):
 @pytest.fixture(scope="module")
 def vllm_store(tmp_path_factory, tiny_llama):
     tmp = tmp_path_factory.mktemp("dg")
-    (tmp / "tmpdir").mkdir()
-    proc = speckit("datagen", str(config(tmp, tiny_llama, tmp / "store")), tmpdir=tmp / "tmpdir")
-    out, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, out[-3000:]
-    return tmp, tmp / "store"
+    with short_tmpdir() as tmpdir:
+        proc = speckit("datagen", str(config(tmp, tiny_llama, tmp / "store")), tmpdir=tmpdir)
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-3000:]
+        left_in_tmpdir = sorted(p.name for p in tmpdir.iterdir())
+    return tmp, tmp / "store", left_in_tmpdir
 
 
 def test_the_engine_leaves_nothing_in_tmp(vllm_store):
     """vLLM binds its ZMQ sockets in TMPDIR and left 7 there per engine start (vllm_env.private_ipc_dir)."""
-    tmp, _ = vllm_store
-    assert sorted(p.name for p in (tmp / "tmpdir").iterdir() if p.is_socket() or p.name.startswith("speckit-")) == []
+    assert vllm_store[2] == []
 
 
 def test_vllm_store_holds_regenerated_samples(vllm_store):
-    _, store = vllm_store
+    _, store, _ = vllm_store
     reader = StoreReader(store)
     assert len(reader) == N and reader.verify() == []
     assert reader.manifest.layer_ids == [1, 2, 4] and reader.manifest.dtype == "fp32"
@@ -75,7 +76,7 @@ def test_hf_backend_matches_vllm(vllm_store, tiny_llama):
     and hidden states within 1e-5 absolute (fp32; measured ~2e-6)."""
     from speculators_kit.cli import main
 
-    tmp, store = vllm_store
+    tmp, store, _ = vllm_store
     assert main(["datagen", str(config(tmp, tiny_llama, tmp / "hf", backend="hf"))]) == 0
     a, b = StoreReader(store), StoreReader(tmp / "hf")
     assert a.sample_ids() == b.sample_ids()
@@ -105,7 +106,7 @@ def test_sigkill_mid_capture_then_resume(vllm_store, tiny_llama):
     itself (orphan_watch) and takes its /dev/shm ring buffers along; the resume completes the store."""
     import psutil
 
-    tmp, store = vllm_store
+    tmp, store, _ = vllm_store
     shm_before = set(Path("/dev/shm").glob("psm_*"))
     cfg, proc = start_mid_capture(tmp, tiny_llama, tmp / "killed", tmpdir=tmp)  # its socket folder stays
     engine = psutil.Process(proc.pid).children(recursive=True)

@@ -8,7 +8,7 @@ import pytest
 
 from speculators_kit.cpu_runtime import find_tcmalloc
 from tests.e2e.conftest import N, eval_against_baseline
-from tests.helpers import make_draft
+from tests.helpers import make_draft, short_tmpdir
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +89,34 @@ def test_a_draft_for_another_target_fails_before_the_engine_starts(tmp_path, smo
     expected = "hidden states of size 64, the target's are 576" if case == "hidden" else "made for another target"
     assert expected in proc.stderr
     assert "EngineCore" not in proc.stderr  # refused before any engine process existed
+
+
+PLAIN = """
+import sys
+from vllm import LLM, SamplingParams
+if __name__ == "__main__":
+    llm = LLM(model=sys.argv[1], enforce_eager=True, max_model_len=256)
+    print("TOKENS", len(llm.generate(["Hello"], SamplingParams(max_tokens=4), use_tqdm=False)[0].outputs[0].token_ids))
+"""
+
+
+@pytest.mark.parametrize("depth", ["short", "long"])
+def test_an_engine_built_without_speckit_leaves_no_socket_in_tmp(tiny_llama, depth):
+    """vLLM 0.32 left 7 ZMQ sockets in TMPDIR per engine start; the plugin gives every engine
+    started where it is installed (`vllm serve`, a user's own `LLM(...)`) a folder it removes.
+    long: a TMPDIR over 70 characters, where vLLM alone fails to bind its sockets, the folder is
+    made in /tmp instead."""
+    import os
+    import subprocess
+    import sys
+
+    with short_tmpdir() as root:
+        tmpdir = root / ("x" * 80 if depth == "long" else "t")
+        tmpdir.mkdir()
+        (root / "plain.py").write_text(PLAIN)
+        env = {k: v for k, v in os.environ.items() if k != "VLLM_RPC_BASE_PATH"}
+        env |= {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "TMPDIR": str(tmpdir)}
+        proc = subprocess.run([sys.executable, str(root / "plain.py"), str(tiny_llama)], capture_output=True,
+                              text=True, timeout=600, env=env, check=False)
+        assert proc.returncode == 0 and "TOKENS 4" in proc.stdout, proc.stderr[-3000:]
+        assert sorted(p.name for p in tmpdir.iterdir()) == []

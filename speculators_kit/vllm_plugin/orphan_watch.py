@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import threading
 import time
@@ -42,6 +43,17 @@ def _watch(parent_pid: int) -> None:
         time.sleep(POLL_S)
     logger.warning("vLLM's front end (pid %d) is gone; stopping its orphaned engine core (pid %d)",
                    parent_pid, os.getpid())
+    _remove_socket_folder()
     os.kill(os.getpid(), signal.SIGTERM)  # vLLM's handler shuts the engine and its workers down
     time.sleep(GRACE_S)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _remove_socket_folder() -> None:
+    """The dead front end's socket folder (vllm_env.private_ipc_dir), which its exit handler
+    never removed; bound sockets work on without their files."""
+    from speculators_kit.vllm_env import IPC_PREFIX
+
+    folder = os.environ.get("VLLM_RPC_BASE_PATH", "")
+    if os.path.basename(folder).startswith(IPC_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)

@@ -108,16 +108,18 @@ def test_sigkill_mid_capture_then_resume(vllm_store, tiny_llama):
 
     tmp, store, _ = vllm_store
     shm_before = set(Path("/dev/shm").glob("psm_*"))
-    cfg, proc = start_mid_capture(tmp, tiny_llama, tmp / "killed", tmpdir=tmp)  # its socket folder stays
-    engine = psutil.Process(proc.pid).children(recursive=True)
-    proc.kill()
-    proc.wait()
-    proc.stdout.close()  # not read to its end: an orphaned engine would hold it open
-    _, alive = psutil.wait_procs(engine, timeout=90)
-    leftover = [p.cmdline() for p in alive]
-    for p in alive:
-        p.kill()
-    assert not leftover
+    with short_tmpdir() as tmpdir:
+        cfg, proc = start_mid_capture(tmp, tiny_llama, tmp / "killed", tmpdir=tmpdir)
+        engine = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # not read to its end: an orphaned engine would hold it open
+        _, alive = psutil.wait_procs(engine, timeout=90)
+        leftover = [p.cmdline() for p in alive]
+        for p in alive:
+            p.kill()
+        assert not leftover
+        assert sorted(p.name for p in tmpdir.iterdir()) == []  # its socket folder too
     assert not set(Path("/dev/shm").glob("psm_*")) - shm_before
     partial = read_manifest(tmp / "killed")
     assert 1 <= len(partial.shards) < N // 2

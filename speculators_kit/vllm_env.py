@@ -46,8 +46,12 @@ def private_ipc_dir() -> None:
         return
     path = tempfile.mkdtemp(prefix=IPC_PREFIX, dir=parent)
     os.environ["VLLM_RPC_BASE_PATH"] = path
-    creator = os.getpid()
-    atexit.register(lambda: os.getpid() == creator and shutil.rmtree(path, ignore_errors=True))
+    atexit.register(_remove_in_creator, path, os.getpid())
+
+
+def _remove_in_creator(path: str, creator: int) -> None:
+    if os.getpid() == creator:  # a forked child that exits normally runs them too
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def ipc_parent() -> str | None:

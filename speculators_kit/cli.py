@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=at_least(1), default=1, help="requests in flight (1 = batch 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", type=dtype_flag(short=False), default="float32",
-                   help="float32 (fp32) | bfloat16 (bf16): compute dtype in vLLM (`vllm serve` picks bfloat16 for a float32 target on CPU)")
+                   help="float32 (fp32) | bfloat16 (bf16): compute dtype in vLLM (`vllm serve` picks "
+                        "bfloat16 for a float32 target on CPU)")
     p.add_argument("--proposer", default=None, metavar="JSON",
                    help='early exit / budgets for the draft run, e.g. \'{"early_exit_threshold": 0.3}\'')
     p.add_argument("--out", required=True)

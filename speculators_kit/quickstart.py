@@ -64,7 +64,7 @@ from speculators_kit.core.errors import SpecKitError
 BUDGETS = {
     "small": {"samples": 450, "new_tokens": 128, "steps": 240, "tokens": 2048, "warmup": 20,
               "lr": 1e-3, "init": "target-last-layer", "loss_on": "answer", "eval_prompts": 8,
-              "eval_tokens": 128, "k": 3, "ngram": False,
+              "eval_tokens": 128, "k": 3, "ngram": False, "draft_vocab": 8192,
               "wall": "12-18 min on 2 AVX-512 cores, 40-60 on 2 AVX2-only ones"},
     "full": {"samples": 3000, "lead_in_stores": ((2000, 1), (2000, 1), (1000, 2)), "new_tokens": 256,
              "steps": 6000, "tokens": 2048, "warmup": 50, "lr": 1e-3, "init": "random", "loss_on": "all",
@@ -73,7 +73,10 @@ BUDGETS = {
              # (quickstart_full_muon_bf16_fixed_k.*); 6000 steps: 2.99, held-out 3.16 against 3.12
              # (quickstart_full_6000_fixed_k.*, 2026-12-05)
              "optim": {"kind": "muon", "weight_decay": 0.1}, "model_dtype": "auto",
-             "wall": "~4 h on 2 AVX-512 cores, ~12 h or more on 2 AVX2-only ones"},
+             # draft vocabulary 16384: MT-bench tau 3.09 at fixed k against 2.99 with 8192, at ~2x
+             # the step time (quickstart_full_v16k_fixed_k.*, 2026-12-07)
+             "draft_vocab": 16384,
+             "wall": "~6 h on 2 AVX-512 cores, ~18 h or more on 2 AVX2-only ones"},
 }
 TARGET = "smollm2-135m-instruct"
 
@@ -106,7 +109,7 @@ def train_config(out: Path, b: dict, suffixes: list[str]) -> dict:
     cfg = {"target": {"path": TARGET},
            "data": {"stores": [str(out / f"store{s}") for s in suffixes], "eval_fraction": 0.05,
                     "max_length": 1024, "seed": 0},
-           "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": 8192,
+           "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": b["draft_vocab"],
                      "init": b["init"], "num_speculative_tokens": b["k"]},
            # ttt_steps 5 (the served k) trailed 3 on held-out τ at equal steps, at 1.69x the step
            # time (benchmarks/results/ttt_steps_5.*)

@@ -56,6 +56,7 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
         raise SpecKitError(said)
     if code < 0:  # the launcher itself: procs.call has killed what it had started
         killed = signal.Signals(-code)
+        print(file=sys.stderr)  # rank 0's progress bar was cut mid-line, and no log line follows it
         raise SpecKitError(_killed(f"DeepSpeed's launcher was killed by {killed.name}, so speckit "
                                    f"stopped the ranks", killed, config_path, overrides))
     if killed := _killing_signal(code):

@@ -73,10 +73,12 @@ BUDGETS = {
              # (quickstart_full_muon_bf16_fixed_k.*); 6000 steps: 2.99, held-out 3.16 against 3.12
              # (quickstart_full_6000_fixed_k.*, 2026-12-05)
              "optim": {"kind": "muon", "weight_decay": 0.1}, "model_dtype": "auto",
-             # draft vocabulary 16384: MT-bench tau 3.09 at fixed k against 2.99 with 8192, at ~2x
-             # the step time (quickstart_full_v16k_fixed_k.*, 2026-12-07)
+             # draft vocabulary 16384: MT-bench tau 3.09 at fixed k against 2.99 with 8192, at 1.24x
+             # the step time on Zen 4 (1.65x with AMX) (quickstart_full_v16k_fixed_k.*, 2026-12-07)
              "draft_vocab": 16384,
-             "wall": "~6 h on 2 AVX-512 cores, ~18 h or more on 2 AVX2-only ones"},
+             # measured on a 2-core Zen 4 (2026-12-07): stores 5-6.5 h (one restart), training 3.6 h,
+             # eval 0.6 h; AVX2-only is the small budget's 3x, not measured
+             "wall": "~10 h on 2 AVX-512 cores, ~30 h or more on 2 AVX2-only ones"},
 }
 TARGET = "smollm2-135m-instruct"
 

@@ -26,3 +26,33 @@ def short_tmpdir():
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, kib: int):
+    """A real filesystem of `kib` KiB at `path` (tmpfs; needs root, as CI has), to fill up: a
+    monkeypatched write error would not be what the libraries really raise (safetensors reports
+    a full disk as its own SafetensorError, not an OSError)."""
+    import subprocess
+
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)],
+                             check=False, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill_disk(folder: Path, leave_bytes: int) -> Path:
+    """A ballast file that leaves `leave_bytes` free on `folder`'s filesystem."""
+    import os
+
+    st = os.statvfs(folder)
+    ballast = folder / "ballast"
+    ballast.write_bytes(b"\0" * max(st.f_bavail * st.f_frsize - leave_bytes, 0))
+    return ballast

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from speculators_kit.core.errors import SpecKitError
+
+# What a failed write raises: safetensors reports a full disk as its own error, not an OSError.
+WRITE_ERRORS = (OSError, SafetensorError)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -209,8 +212,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
     import os
 
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

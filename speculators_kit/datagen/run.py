@@ -87,6 +87,7 @@ class _Engine:
 
 def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
     target = resolve_target(cfg.target.path)
+    _check_context(cfg.data.max_length, target)
     manifest = build_manifest(cfg, target)
     if cfg.capture.model_dtype == "auto":
         log(f"capture.model_dtype auto: the target computes in {manifest.provenance['model_dtype']} here")
@@ -96,6 +97,16 @@ def run(cfg, config_dir: Path, overwrite: bool = False, log=print) -> dict:
         return _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine)
     finally:
         engine.close()
+
+
+def _check_context(max_length: int, target: Path) -> None:
+    """vLLM refuses a longer max_model_len with a page of traceback; the HF backend would run
+    positions the target never learned."""
+    context = target_config(target).get("max_position_embeddings")
+    if context is not None and max_length > context:
+        raise SpecKitError(f"data.max_length {max_length} is longer than the target's context "
+                           f"(max_position_embeddings {context} in {target}/config.json): set "
+                           f"data.max_length to {context} or less")
 
 
 def _run(cfg, config_dir, overwrite, log, target, manifest, out_dir, engine) -> dict:
@@ -180,22 +191,22 @@ def _capture_all(cfg, writer, todo, engine, items) -> dict:
         before = backend.startup_s  # vLLM's engines start when first used
         todo, capture_regen = backend.start_capture(todo, regen)
         startup += backend.startup_s - before
-    bar = tqdm(total=len(todo), unit="sample", desc="capture", dynamic_ncols=True)
-    for lo in range(0, len(todo), cfg.output.shard_samples):
-        chunk = todo[lo: lo + cfg.output.shard_samples]
-        records = []
-        for item, rec in zip(chunk, backend.capture(chunk, capture_regen)):
-            rec.update(_finish(prepared[item.source_id], rec, regen is not None))
-            if rec["loss_mask"].any() and rec["sample_id"] not in seen:
-                seen.add(rec["sample_id"])
-                records.append(rec)
-        if records:
-            info = writer.add_shard(records)
-            tokens, nbytes, samples = tokens + info.num_tokens, nbytes + info.bytes, samples + len(records)
-        bar.update(len(chunk))
-        rate = tokens / max(time.perf_counter() - t0 - startup, 1e-9)
-        bar.set_postfix(tokens=tokens, tok_s=f"{rate:.0f}")
-    bar.close()
+    # closed on an error too, so the error starts its own line
+    with tqdm(total=len(todo), unit="sample", desc="capture", dynamic_ncols=True) as bar:
+        for lo in range(0, len(todo), cfg.output.shard_samples):
+            chunk = todo[lo: lo + cfg.output.shard_samples]
+            records = []
+            for item, rec in zip(chunk, backend.capture(chunk, capture_regen)):
+                rec.update(_finish(prepared[item.source_id], rec, regen is not None))
+                if rec["loss_mask"].any() and rec["sample_id"] not in seen:
+                    seen.add(rec["sample_id"])
+                    records.append(rec)
+            if records:
+                info = writer.add_shard(records)
+                tokens, nbytes, samples = tokens + info.num_tokens, nbytes + info.bytes, samples + len(records)
+            bar.update(len(chunk))
+            rate = tokens / max(time.perf_counter() - t0 - startup, 1e-9)
+            bar.set_postfix(tokens=tokens, tok_s=f"{rate:.0f}")
     return {"samples": samples, "tokens": tokens, "bytes": nbytes,
             "seconds": time.perf_counter() - t0 - startup, "startup_s": startup}
 

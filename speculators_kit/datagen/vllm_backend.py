@@ -16,6 +16,7 @@ from speculators_kit.core.errors import SpecKitError
 from speculators_kit.vllm_env import set_cpu_defaults
 
 FILE_WAIT_S = 300  # the engine writes a finished request's file one scheduler step later
+LOW_DISK_BYTES = 64 << 20  # this little left after the engine died: a write filled the disk
 
 
 class VLLMCapture:
@@ -70,6 +71,11 @@ class VLLMCapture:
             self._llm.llm_engine.engine_core.shutdown()
             _wait_for_engine_exit()
         self._llm, self._kind = None, None
+
+    def _engine_dead(self) -> bool:
+        # vLLM's client marks its engine dead when the engine core process exits (pinned vLLM)
+        client = getattr(self._llm.llm_engine, "engine_core", None) if self._llm else None
+        return bool(getattr(getattr(client, "resources", None), "engine_dead", False))
 
     def _params(self, max_tokens: int, temperature: float, seed: int, kv: dict | None):
         from vllm import SamplingParams
@@ -135,6 +141,9 @@ class VLLMCapture:
         path = self.staging / f"{key}.safetensors"
         deadline = time.monotonic() + FILE_WAIT_S
         while not path.is_file():
+            if self._engine_dead():  # a worker that failed to write (a full disk) stops the engine
+                raise SpecKitError(f"vLLM's engine stopped before it wrote the hidden states of "
+                                   f"sample {key}{_disk_full_hint(self.staging)}")
             if time.monotonic() > deadline:
                 raise SpecKitError(f"vLLM did not write the hidden states of sample {key} within "
                                    f"{FILE_WAIT_S} s; see the engine log above")
@@ -142,6 +151,14 @@ class VLLMCapture:
         data = load_file(str(path))
         path.unlink()
         return {"token_ids": data["token_ids"].long(), "hidden": data["hidden_states"].float()}
+
+
+def _disk_full_hint(staging: Path) -> str:
+    free = shutil.disk_usage(staging).free
+    if free >= LOW_DISK_BYTES:
+        return "; see the engine log above"
+    return (f": the disk holding the store is full ({free // 1024} KiB free at {staging.parent}). "
+            f"Free space there and re-run the same command: the committed shards are kept")
 
 
 def _wait_for_engine_exit(timeout: float = 60.0) -> None:

@@ -8,6 +8,7 @@ are never re-made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from speculators_kit.core.errors import SpecKitError
 from speculators_kit.core.store import (
     MANIFEST,
     TOKEN_FREQ,
+    WRITE_ERRORS,
     ShardInfo,
     StoreManifest,
     StoreReader,
@@ -100,7 +102,8 @@ class StoreWriter:
                                    f"choose another output.dir or pass --overwrite")
             self.dir.mkdir(parents=True, exist_ok=True)
             self.manifest = manifest
-            write_json_atomic(self.dir / MANIFEST, manifest.model_dump())
+            with _committing(self.dir):
+                write_json_atomic(self.dir / MANIFEST, manifest.model_dump())
         self._remove_uncommitted()
         self.counts = self._load_counts()
 
@@ -134,24 +137,38 @@ class StoreWriter:
         tensors.update(encode_hidden(torch.cat([r["hidden"] for r in records]), self.manifest.dtype))
         name = f"shard-{len(self.manifest.shards):05d}.safetensors"
         path = self.dir / name
-        _save_atomic(tensors, path)
-        info = ShardInfo(name=name, sha256=file_sha256(path), bytes=path.stat().st_size,
-                         num_tokens=len(token_ids), sample_ids=[r["sample_id"] for r in records],
-                         source_ids=[r["source_id"] for r in records])
         masked = token_ids[loss_mask.bool()].long()
         counts = self.counts + torch.bincount(masked, minlength=len(self.counts))[: len(self.counts)]
-        _save_atomic({"counts": counts}, self.dir / TOKEN_FREQ,
-                     {"num_shards": str(len(self.manifest.shards) + 1)})
-        manifest = self.manifest.model_copy(update={"shards": [*self.manifest.shards, info],
-                                                    "complete": False})
-        write_json_atomic(self.dir / MANIFEST, manifest.model_dump())
+        with _committing(self.dir):  # the manifest commits the shard: a write before it may fail
+            _save_atomic(tensors, path)
+            info = ShardInfo(name=name, sha256=file_sha256(path), bytes=path.stat().st_size,
+                             num_tokens=len(token_ids), sample_ids=[r["sample_id"] for r in records],
+                             source_ids=[r["source_id"] for r in records])
+            _save_atomic({"counts": counts}, self.dir / TOKEN_FREQ,
+                         {"num_shards": str(len(self.manifest.shards) + 1)})
+            manifest = self.manifest.model_copy(update={"shards": [*self.manifest.shards, info],
+                                                        "complete": False})
+            write_json_atomic(self.dir / MANIFEST, manifest.model_dump())
         self.manifest, self.counts = manifest, counts
         return info
 
     def finish(self) -> None:
         """Every input of this run is in the store: trainings may read it."""
+        with _committing(self.dir):
+            write_json_atomic(self.dir / MANIFEST, self.manifest.model_copy(update={"complete": True}).model_dump())
         self.manifest = self.manifest.model_copy(update={"complete": True})
-        write_json_atomic(self.dir / MANIFEST, self.manifest.model_dump())
+
+
+@contextlib.contextmanager
+def _committing(store: Path):
+    """A full disk or a lost permission mid-write: one error with the way on. A re-run drops
+    what the manifest does not list, so the store stays as of its last committed shard."""
+    try:
+        yield
+    except WRITE_ERRORS as err:
+        raise SpecKitError(f"writing to the store {store} failed ({err}); it is unchanged up to "
+                           f"its last committed shard: free space there (`df -h {store}`) or fix "
+                           f"the cause, then re-run the same command to continue") from err
 
 
 def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
@@ -161,7 +178,6 @@ def _save_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | 
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except WRITE_ERRORS:
         tmp.unlink(missing_ok=True)
-        raise SpecKitError(f"writing {path} failed ({err}); the store is unchanged up to its "
-                           f"last committed shard, re-run the same command to continue") from err
+        raise

@@ -8,7 +8,7 @@ from pathlib import Path
 
 KINDS = ("llama", "qwen3", "qwen3_moe")
 COMMON = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-          "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 256, "max_position_embeddings": 512,
+          "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 256, "max_position_embeddings": 2048,
           "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
           "pad_token_id": 0}
 CHAT_TEMPLATE = (

@@ -196,11 +196,11 @@ def train(run: Run, stop: StopRequest | None = None) -> dict:
     last_eval = evaluate(run) if run.step == 0 else None
     _stop_if_asked_before(run, stop)
     bar = _bar(run)
-    with contextlib.nullcontext(stop) if stop is not None else StopRequest() as request:
+    # the bar closes on an error too, so the error starts its own line
+    with contextlib.nullcontext() if bar is None else bar, \
+            contextlib.nullcontext(stop) if stop is not None else StopRequest() as request:
         while run.step < run.cfg.train.max_steps:
             last_eval = _epoch(run, window, bar, request) or last_eval
-    if bar:
-        bar.close()
     return {"step": run.step, "eval": last_eval, "draft": str(run.out / "draft")}
 
 

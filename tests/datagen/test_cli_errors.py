@@ -44,6 +44,8 @@ def run_fails(capsys, config, *extra):
     ({"capture": {"dtpye": "fp8"}}, "unknown key 'capture.dtpye' \\(allowed here: .*dtype"),
     ({"capture": {"dtype": "int4"}}, "capture.dtype"),
     ({"data": {"source": "self", "limit": 3}, "regenerate": {"enabled": False}}, "regenerate.enabled: true"),
+    ({"data": {"max_length": 4096}}, (r"data.max_length 4096 is longer than the target's context "
+                                     r"\(max_position_embeddings 2048 .*set data.max_length to 2048")),
 ])
 def test_bad_input_names_the_fix_and_writes_nothing(write_config, capsys, tmp_path, sections, expected):
     import re

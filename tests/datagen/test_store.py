@@ -14,7 +14,6 @@ from speculators_kit.core.store import (
     encode_hidden,
     sample_id,
 )
-from speculators_kit.datagen import writer as writer_mod
 from speculators_kit.datagen.writer import StoreWriter
 
 H, LAYERS, VOCAB = 16, 3, 50
@@ -94,26 +93,30 @@ def test_a_store_is_unfinished_from_its_first_new_shard_until_the_run_finishes(t
     assert StoreReader(tmp_path / "s").manifest.complete is False
 
 
-def test_write_error_leaves_the_store_consistent(tmp_path, monkeypatch):
-    w = StoreWriter(tmp_path / "s", manifest())
-    w.add_shard([record(0)])
-    before = (tmp_path / "s" / MANIFEST).read_text()
+@pytest.mark.parametrize("free_pages", range(9))
+def test_a_full_disk_leaves_the_store_consistent_and_resumable(tmp_path, free_pages):
+    """The disk fills during the shard, its token counts or the manifest (by how much room is
+    left): one error with the way on, nothing half-written, and the run goes on once there is
+    room. Before, safetensors' own error for a full disk escaped as a traceback."""
+    from tests.helpers import fill_disk, small_disk
 
-    def disk_full(tensors, path, metadata=None):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(writer_mod, "save_file", disk_full)
-    with pytest.raises(SpecKitError, match="No space left.*re-run the same command"):
-        w.add_shard([record(1)])
-    monkeypatch.undo()
-    assert (tmp_path / "s" / MANIFEST).read_text() == before
-    assert not [p for p in (tmp_path / "s").iterdir() if p.name.endswith(".tmp")]
-    r = StoreReader(tmp_path / "s")
-    assert len(r) == 1 and r.verify() == []
-    StoreWriter(tmp_path / "s", manifest()).add_shard([record(1)])  # the same run continues
-    assert len(StoreReader(tmp_path / "s")) == 2
+    with small_disk(tmp_path / "disk", 512) as disk:
+        w = StoreWriter(disk / "s", manifest())
+        w.add_shard([record(0, length=100)])
+        before = (disk / "s" / MANIFEST).read_text()
+        ballast = fill_disk(disk, free_pages * 4096)
+        try:
+            w.add_shard([record(1, length=100)])
+            assert len(StoreReader(disk / "s")) == 2  # there was room
+        except SpecKitError as err:
+            assert "No space left on device" in str(err) and "re-run the same command" in str(err)
+            assert (disk / "s" / MANIFEST).read_text() == before
+            assert not [p for p in (disk / "s").iterdir() if p.name.endswith(".tmp")]
+            ballast.unlink()
+            StoreWriter(disk / "s", manifest()).add_shard([record(1, length=100)])  # the same run goes on
+        r = StoreReader(disk / "s")
+        assert len(r) == 2 and r.verify() == []
+        assert r.token_freq().sum() == 100  # the answer halves of both samples, once each
 
 
 def test_store_from_another_setup_is_refused_unless_overwrite(tmp_path):

@@ -248,5 +248,34 @@ def test_self_made_conversations_in_vllm(tmp_path, tiny_llama):
     assert len({q["messages"][0]["content"] for q in questions}) == 6
     assert (tmp_path / "self" / ".self_prompts.turn2.json").is_file()
     # a random model's questions mostly decode to placeholder tokens that re-tokenize past the
-    # tiny target's 512 positions and are dropped; the ones left are stored whole
+    # tiny target's data.max_length of 512 and are dropped; the ones left are stored whole
     assert read_manifest(tmp_path / "self").complete and len(StoreReader(tmp_path / "self")) >= 1
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_a_full_disk_stops_datagen_with_the_way_on_and_the_rerun_completes(tmp_path, tiny_llama, backend):
+    """Before, safetensors' own error for a full disk escaped as a traceback (hf), and with vLLM
+    the engine's worker died of it while speckit waited 300 s for the sample's file."""
+    from tests.helpers import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk", 2048) as disk:
+        cfg = config(tmp_path, tiny_llama, disk / "store", backend=backend)
+        ballast = fill_disk(disk, 16 << 10)  # room for the manifest, not for a sample
+        proc = speckit("datagen", str(cfg))
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 1, out[-3000:]
+        said = [line for line in out.splitlines() if line.startswith("error: ")]
+        assert len(said) == 1, out[-3000:]  # on its own line, not after the progress bar
+        if backend == "hf":
+            assert "No space left on device" in said[0], said
+        else:
+            assert "stopped before it wrote the hidden states" in said[0], said
+            assert "the disk holding the store is full" in said[0], said
+        assert "re-run the same command" in said[0]
+        assert not [p for p in (disk / "store").iterdir() if p.name.endswith(".tmp")]
+        ballast.unlink()
+        proc = speckit("datagen", str(cfg))
+        out, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, out[-3000:]
+        store = StoreReader(disk / "store")
+        assert len(store) == N and store.verify() == [] and read_manifest(disk / "store").complete

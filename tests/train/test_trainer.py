@@ -325,6 +325,7 @@ def test_ctrl_c_saves_the_step_it_stops_at_and_the_run_resumes_from_it(train_con
     cause = "SIGINT" if nproc == 1 else "speckit's stop request"
     assert f"stopped by {cause} at step {stopped} of 100000, with a checkpoint of that step" in err, err[-3000:]
     assert err.count("error: stopped by") == 1, err[-3000:]  # one rank says it
+    assert "\nerror: stopped by" in err, err[-3000:]  # on its own line, not after the progress bar
     if nproc == 2:
         assert "SIGINT: the 2 ranks stop after this step" in err, err[-3000:]
     assert (tmp_path / "run" / "checkpoints" / f"step-{stopped:08d}").is_dir()

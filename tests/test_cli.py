@@ -92,6 +92,22 @@ def test_draft_init_writes_a_loadable_draft(tiny_llama, tmp_path, arch, capsys):
     assert code == 1 and "already exists" in err  # never overwritten silently
 
 
+def test_a_draft_written_to_a_full_disk_is_one_error_and_leaves_nothing(tiny_llama, tmp_path, capsys):
+    """Before, safetensors' own error for a full disk came out as a traceback (draft init,
+    convert and training's draft all write through save_draft)."""
+    from tests.helpers import fill_disk, small_disk
+
+    with small_disk(tmp_path / "disk", 1024) as disk:
+        ballast = fill_disk(disk, 16 << 10)
+        code, _, err = run(["draft", "init", "--target", str(tiny_llama), "--out", str(disk / "d")], capsys)
+        said = (f"error: writing the draft {disk / 'd'} failed: the disk holding {disk} is full: "
+                f"free space there (`df -h {disk}`), then run the same command again")
+        assert code == 1 and err.strip().splitlines() == [said], err
+        assert sorted(p.name for p in disk.iterdir()) == ["ballast"]
+        ballast.unlink()
+        assert run(["draft", "init", "--target", str(tiny_llama), "--out", str(disk / "d")], capsys)[0] == 0
+
+
 def test_draft_vocab_larger_than_target_is_refused(tiny_llama, tmp_path, capsys):
     code, _, err = run(["draft", "init", "--target", str(tiny_llama), "--draft-vocab-size", "999",
                         "--out", str(tmp_path / "d")], capsys)

@@ -6,3 +6,8 @@ The CLI prints its message as one line and exits non-zero; tracebacks only with 
 
 class SpecKitError(Exception):
     """A user-facing error: the message names the thing, what was expected and the fix."""
+
+
+class DiskFull(SpecKitError):
+    """A write failed on a full disk: a caller that knows a better way on (training's --resume)
+    says its own."""

@@ -19,8 +19,9 @@ from safetensors.torch import load_file, save_file
 
 from speculators_kit.core.config import SpeculatorConfig, parse_config
 from speculators_kit.core.draft import DraftHead
-from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.errors import DiskFull, SpecKitError
 from speculators_kit.core.fingerprint import target_fingerprint
+from speculators_kit.core.store import full_disk
 
 WEIGHTS = "model.safetensors"
 # Target tensors a draft may share, by draft name -> candidate names in the target checkpoint.
@@ -123,17 +124,26 @@ def save_draft(head: DraftHead, out_dir: str | os.PathLike, target_dir=None, ove
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(head.config.to_json_dict(), indent=2) + "\n")
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)  # mkdtemp's private mode would otherwise carry over to shared drafts
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        _write_draft(head, state, tmp, out_dir)
+    except Exception as err:  # safetensors says a full disk its own way, not as an OSError
+        if (full := full_disk(out_dir.parent)) is None:
+            raise
+        raise DiskFull(f"writing the draft {out_dir} failed: {full}, then run the same command "
+                       f"again") from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def _write_draft(head: DraftHead, state: dict, tmp: Path, out_dir: Path) -> None:
+    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    (tmp / "config.json").write_text(json.dumps(head.config.to_json_dict(), indent=2) + "\n")
+    tmp.chmod(0o755)
+    for f in tmp.iterdir():
+        f.chmod(0o644)  # mkdtemp's private mode would otherwise carry over to shared drafts
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
 
 
 def load_draft(draft_dir: str | os.PathLike, target_dir=None, dtype=torch.float32) -> DraftHead:

@@ -27,6 +27,21 @@ from speculators_kit.core.errors import SpecKitError
 
 # What a failed write raises: safetensors reports a full disk as its own error, not an OSError.
 WRITE_ERRORS = (OSError, SafetensorError)
+LOW_DISK_BYTES = 64 << 20  # this little left after a write failed: the write filled the disk
+
+
+def full_disk(path: Path) -> str | None:
+    """After a failed write, what to tell the user when the disk holding `path` is (nearly) full:
+    libraries say it differently (OSError 28, safetensors' own error, torch's `iostream error`,
+    a vLLM worker that died of it), so ask the disk."""
+    import shutil
+
+    folder = Path(path)
+    while not folder.exists():
+        folder = folder.parent
+    if shutil.disk_usage(folder).free >= LOW_DISK_BYTES:
+        return None
+    return f"the disk holding {path} is full: free space there (`df -h {folder}`)"
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -13,10 +13,10 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.store import full_disk
 from speculators_kit.vllm_env import set_cpu_defaults
 
 FILE_WAIT_S = 300  # the engine writes a finished request's file one scheduler step later
-LOW_DISK_BYTES = 64 << 20  # this little left after the engine died: a write filled the disk
 
 
 class VLLMCapture:
@@ -124,9 +124,20 @@ class VLLMCapture:
                 params.append(self._params(budget, regen.temperature, _seed(item, self.seed), kv))
             else:
                 params.append(self._params(1, 0.0, 0, kv))
-        self._engine("capture").generate([{"prompt_token_ids": i.token_ids} for i in items], params,
-                                         use_tqdm=False)
+        try:
+            self._engine("capture").generate([{"prompt_token_ids": i.token_ids} for i in items], params,
+                                             use_tqdm=False)
+        except Exception as err:  # EngineDeadError when a worker died of a write mid-batch
+            if not self._engine_dead():
+                raise
+            raise self._stopped(f"a batch of {len(items)} samples") from err
         return [self._collect(item.source_id) for item in items]
+
+    def _stopped(self, what: str) -> SpecKitError:
+        full = full_disk(self.staging.parent)
+        return SpecKitError(f"vLLM's engine stopped before it wrote the hidden states of {what}: "
+                            + (f"{full}, then re-run the same command: the committed shards are kept"
+                               if full else "see the engine log above"))
 
     def _with_sampled_answers(self, items, regen):
         from dataclasses import replace
@@ -142,8 +153,7 @@ class VLLMCapture:
         deadline = time.monotonic() + FILE_WAIT_S
         while not path.is_file():
             if self._engine_dead():  # a worker that failed to write (a full disk) stops the engine
-                raise SpecKitError(f"vLLM's engine stopped before it wrote the hidden states of "
-                                   f"sample {key}{_disk_full_hint(self.staging)}")
+                raise self._stopped(f"sample {key}")
             if time.monotonic() > deadline:
                 raise SpecKitError(f"vLLM did not write the hidden states of sample {key} within "
                                    f"{FILE_WAIT_S} s; see the engine log above")
@@ -151,14 +161,6 @@ class VLLMCapture:
         data = load_file(str(path))
         path.unlink()
         return {"token_ids": data["token_ids"].long(), "hidden": data["hidden_states"].float()}
-
-
-def _disk_full_hint(staging: Path) -> str:
-    free = shutil.disk_usage(staging).free
-    if free >= LOW_DISK_BYTES:
-        return "; see the engine log above"
-    return (f": the disk holding the store is full ({free // 1024} KiB free at {staging.parent}). "
-            f"Free space there and re-run the same command: the committed shards are kept")
 
 
 def _wait_for_engine_exit(timeout: float = 60.0) -> None:

@@ -38,6 +38,20 @@ def latest(out_dir: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def remove_partial(out_dir: Path) -> None:
+    """The half-written checkpoints of a save that failed or was killed (they can hold GBs)."""
+    for tmp in root(out_dir).glob(".step-*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def way_on(out_dir: Path) -> str:
+    """How a stopped run goes on: from its last whole checkpoint, or from the start."""
+    ckpt = latest(out_dir)
+    if ckpt is None:
+        return "it had saved no checkpoint yet, so the same command starts it again"
+    return f"add --resume to the same command to go on from {ckpt.name}"
+
+
 def read_state(ckpt: Path) -> dict:
     return json.loads((ckpt / "state.json").read_text())
 
@@ -79,12 +93,26 @@ def save(engine, module, target_dir: Path, out_dir: Path, step: int, state: dict
     final = root(out_dir) / f"step-{step:08d}"
     tmp = root(out_dir) / f".step-{step:08d}.tmp"
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_partial(out_dir)
         tmp.mkdir(parents=True)
     dist.barrier()
+    try:
+        _write(engine, module, target_dir, tmp, final, step, state, provenance, proposer, average)
+    except BaseException:
+        if rank == 0:  # a full disk: give back what the half-written checkpoint holds
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if rank == 0:
+        for old in sorted(root(out_dir).glob("step-*"))[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def _write(engine, module, target_dir, tmp, final, step, state, provenance, proposer, average) -> None:
     engine.save_checkpoint(str(tmp), tag="deepspeed")
     dist.barrier()
-    if rank == 0:
+    if dist.get_rank() == 0:
         with average.applied() if average else nullcontext():
             head = export_head(module, target_dir)
         if average:
@@ -96,10 +124,6 @@ def save(engine, module, target_dir: Path, out_dir: Path, step: int, state: dict
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        for old in sorted(root(out_dir).glob("step-*"))[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-    return final
 
 
 def publish_draft(ckpt: Path, out_dir: Path) -> Path:

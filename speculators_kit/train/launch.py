@@ -52,16 +52,23 @@ def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hos
         env[RANK_ERRORS] = errors
         code = procs.call(cmd, env=env, on_signal=stop_ranks)
         said = _rank_errors(Path(errors))
-    if code != 0 and said:  # once, as the last line, not once per rank among the launcher's logs
+    if code == 0:
+        return 0
+    from speculators_kit.schema import load_config
+    from speculators_kit.train import checkpoint
+
+    out_dir = Path(load_config(config_path, "train", overrides).output.dir).expanduser()
+    checkpoint.remove_partial(out_dir)  # the launcher may have killed a rank mid-save
+    if said:  # once, as the last line, not once per rank among the launcher's logs
         raise SpecKitError(said)
     if code < 0:  # the launcher itself: procs.call has killed what it had started
         killed = signal.Signals(-code)
         print(file=sys.stderr)  # rank 0's progress bar was cut mid-line, and no log line follows it
         raise SpecKitError(_killed(f"DeepSpeed's launcher was killed by {killed.name}, so speckit "
-                                   f"stopped the ranks", killed, config_path, overrides))
+                                   f"stopped the ranks", killed, out_dir))
     if killed := _killing_signal(code):
         raise SpecKitError(_killed(f"a training rank was killed by {killed.name}, and DeepSpeed's "
-                                   f"launcher stopped the others", killed, config_path, overrides))
+                                   f"launcher stopped the others", killed, out_dir))
     return code
 
 
@@ -73,20 +80,16 @@ def _killing_signal(code: int) -> signal.Signals | None:
     return None
 
 
-def _killed(said: str, killed: signal.Signals, config_path: str, overrides: list[str]) -> str:
+def _killed(said: str, killed: signal.Signals, out_dir: Path) -> str:
     """What happened, the likely cause and the way on, as DeepSpeed says only `exits with return
     code = -9` among the other ranks' tracebacks (theirs say the connection to the dead rank was
     reset), or nothing at all when the launcher itself is killed."""
-    from speculators_kit.schema import load_config
     from speculators_kit.train import checkpoint
 
     if killed == signal.SIGKILL:
         said += (" (mostly the kernel's OOM killer: `dmesg | grep -i oom` tells; fewer --nproc or a "
                  "smaller train.micro_batch_tokens need less memory)")
-    ckpt = checkpoint.latest(Path(load_config(config_path, "train", overrides).output.dir).expanduser())
-    if ckpt is None:
-        return f"{said}; it had saved no checkpoint yet, so the same command starts it again"
-    return f"{said}; add --resume to the same command to go on from {ckpt.name}"
+    return f"{said}; {checkpoint.way_on(out_dir)}"
 
 
 def _rank_errors(folder: Path) -> str:

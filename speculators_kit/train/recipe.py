@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 
 from speculators_kit import cpu_runtime
-from speculators_kit.core.errors import SpecKitError
+from speculators_kit.core.errors import DiskFull, SpecKitError
+from speculators_kit.core.store import full_disk
 from speculators_kit.train import checkpoint, data
 from speculators_kit.train.acceptance import tau_from_stats
 from speculators_kit.train.stop import RANK_SIGNALS, Stopped, StopRequest
@@ -383,12 +384,19 @@ class _Logger:
 
 
 def run_training(cfg, resume: bool = False, stop: StopRequest | None = None) -> dict:
-    run = setup(cfg, resume)
     try:
-        return train(run, stop)
-    finally:
-        if run.log and run.log.tb:
-            run.log.tb.close()
+        run = setup(cfg, resume)
+        try:
+            return train(run, stop)
+        finally:
+            if run.log and run.log.tb:
+                run.log.tb.close()
+    except Exception as err:  # torch says a full disk as `iostream error`, safetensors its own way
+        out = Path(cfg.output.dir).expanduser()
+        said = isinstance(err, SpecKitError) and not isinstance(err, DiskFull)
+        if said or (full := full_disk(out)) is None:
+            raise
+        raise SpecKitError(f"training stopped: {full}, then {checkpoint.way_on(out)}") from err
 
 
 def main(argv=None, early: list[int] | None = None) -> int:

@@ -270,7 +270,7 @@ def test_a_full_disk_stops_datagen_with_the_way_on_and_the_rerun_completes(tmp_p
             assert "No space left on device" in said[0], said
         else:
             assert "stopped before it wrote the hidden states" in said[0], said
-            assert "the disk holding the store is full" in said[0], said
+            assert "is full: free space there" in said[0], said
         assert "re-run the same command" in said[0]
         assert not [p for p in (disk / "store").iterdir() if p.name.endswith(".tmp")]
         ballast.unlink()

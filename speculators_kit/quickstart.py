@@ -73,8 +73,8 @@ BUDGETS = {
              # (quickstart_full_muon_bf16_fixed_k.*); 6000 steps: 2.99, held-out 3.16 against 3.12
              # (quickstart_full_6000_fixed_k.*, 2026-12-05)
              "optim": {"kind": "muon", "weight_decay": 0.1}, "model_dtype": "auto",
-             # draft vocabulary 16384: MT-bench tau 3.09 at fixed k against 2.99 with 8192, at 1.24x
-             # the step time on Zen 4 (1.65x with AMX) (quickstart_full_v16k_fixed_k.*, 2026-12-07)
+             # draft vocabulary 16384: MT-bench tau 3.09 at fixed k against 2.99 with 8192
+             # (quickstart_full_v16k_fixed_k.*, 2026-12-07), at 1.65x the step time (draft_vocab_16384.*)
              "draft_vocab": 16384,
              # measured on a 2-core Zen 4 (2026-12-07): stores 5-6.5 h (one restart), training 3.6 h,
              # eval 0.6 h; AVX2-only is the small budget's 3x, not measured

@@ -154,9 +154,10 @@ class StoreWriter:
 
     def finish(self) -> None:
         """Every input of this run is in the store: trainings may read it."""
+        done = self.manifest.model_copy(update={"complete": True})
         with _committing(self.dir):
-            write_json_atomic(self.dir / MANIFEST, self.manifest.model_copy(update={"complete": True}).model_dump())
-        self.manifest = self.manifest.model_copy(update={"complete": True})
+            write_json_atomic(self.dir / MANIFEST, done.model_dump())
+        self.manifest = done
 
 
 @contextlib.contextmanager

@@ -96,23 +96,9 @@ def save(engine, module, target_dir: Path, out_dir: Path, step: int, state: dict
         remove_partial(out_dir)
         tmp.mkdir(parents=True)
     dist.barrier()
-    try:
-        _write(engine, module, target_dir, tmp, final, step, state, provenance, proposer, average)
-    except BaseException:
-        if rank == 0:  # a full disk: give back what the half-written checkpoint holds
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if rank == 0:
-        for old in sorted(root(out_dir).glob("step-*"))[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
-    return final
-
-
-def _write(engine, module, target_dir, tmp, final, step, state, provenance, proposer, average) -> None:
     engine.save_checkpoint(str(tmp), tag="deepspeed")
     dist.barrier()
-    if dist.get_rank() == 0:
+    if rank == 0:
         with average.applied() if average else nullcontext():
             head = export_head(module, target_dir)
         if average:
@@ -124,6 +110,10 @@ def _write(engine, module, target_dir, tmp, final, step, state, provenance, prop
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
+        for old in sorted(root(out_dir).glob("step-*"))[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
 
 
 def publish_draft(ckpt: Path, out_dir: Path) -> Path:

@@ -393,6 +393,7 @@ def run_training(cfg, resume: bool = False, stop: StopRequest | None = None) -> 
                 run.log.tb.close()
     except Exception as err:  # torch says a full disk as `iostream error`, safetensors its own way
         out = Path(cfg.output.dir).expanduser()
+        checkpoint.remove_partial(out)  # a save that failed gives back the space it took
         said = isinstance(err, SpecKitError) and not isinstance(err, DiskFull)
         if said or (full := full_disk(out)) is None:
             raise

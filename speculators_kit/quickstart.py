@@ -26,11 +26,9 @@ from speculators_kit.core.errors import SpecKitError
 # stopped rising by step 300 (1.42/1.59/1.66/1.66 at 100-400), so 450 samples and 240 steps
 # lose little (held-out 1.64, MT-bench τ 1.30 vs 1.34); 240 samples and 150 steps gave a draft
 # that slowed decoding to 0.79x, so the small budget is not cut to fit 30 min on the slow host.
-# full: the README's published numbers, ~4 h on the AVX-512 CPU (~2.3 h datagen, ~64 min
-# training, ~24 min eval);
-# ~11 h estimated on the AVX2-only one, where the 3000 questions without lead-ins took ~2 h of
-# datagen (17 min for the questions, ~4 min per 120 answered and captured conversations) and
-# training steps ~3.2 s each:
+# full: the README's published numbers (its wall time below); on the AVX2-only CPU the 3000
+# questions without lead-ins took ~2 h of datagen (17 min for the questions, ~4 min per 120
+# answered and captured conversations) and training steps ~3.2 s each (draft vocabulary 8192):
 # 6.7x the samples (20x with the lead-in stores) at twice the answer length, 16.7x the
 # training steps, MT-bench at k=5 with the ngram baseline. Data, not steps, is what limits the draft
 # here: with 1200 samples, 7 passes over the store drove the training loss to 0.8 while the

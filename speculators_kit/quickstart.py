@@ -72,7 +72,9 @@ BUDGETS = {
              # (quickstart_full_6000_fixed_k.*, 2026-12-05)
              "optim": {"kind": "muon", "weight_decay": 0.1}, "model_dtype": "auto",
              # draft vocabulary 16384: MT-bench tau 3.09 at fixed k against 2.99 with 8192
-             # (quickstart_full_v16k_fixed_k.*, 2026-12-07), at 1.65x the step time (draft_vocab_16384.*)
+             # (quickstart_full_v16k_fixed_k.*, 2026-12-07), at 1.65x the step time (draft_vocab_16384.*);
+             # the 8192 run had other stores, and on one store at 1000 steps the two are level
+             # (draft_vocab_lead_ins.*): kept because it is what the published 3.09 was trained with
              "draft_vocab": 16384,
              # measured on a 2-core Zen 4 (2026-12-07): stores 5-6.5 h (one restart), training 3.6 h,
              # eval 0.6 h; AVX2-only is the small budget's 3x, not measured

@@ -418,9 +418,8 @@ def main(argv=None, early: list[int] | None = None) -> int:
         _report(err)
         return 1
     finally:
-        # Left to the interpreter's exit, gloo's threads could still hold work and the rank
-        # aborted (SIGABRT, "terminate called without an active exception") after a finished
-        # run: once in a CI run of ~40 two-rank trainings (pytorch/pytorch#190489).
+        # Gloo's peers are told while every rank is here; what outlives it, train/rank.py's
+        # exit skips (a rank aborted in the interpreter's teardown with it left alive).
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0

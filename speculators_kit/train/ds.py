@@ -5,6 +5,7 @@ Muon)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import os
 import socket
@@ -71,6 +72,11 @@ def init_distributed() -> tuple[int, int]:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # Imported once the group exists (DeepSpeed imports it later), torch.distributed.nn's ten
+    # functions keep the group as their `group` default: it outlived destroy_process_group into
+    # the interpreter's teardown, where gloo's threads now and then aborted a finished rank.
+    importlib.import_module("torch.distributed.nn")
+
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if world > 1 and backend == "gloo":

@@ -21,12 +21,15 @@ RANK_ERRORS = "SPECKIT_RANK_ERRORS"  # the folder where launched ranks leave the
 
 def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hostfile: str | None) -> int:
     if nproc == 1 and hostfile is None:
+        import json
+
+        import torch.distributed as dist
+
         from speculators_kit.schema import load_config
         from speculators_kit.train.recipe import run_training
 
         result = run_training(load_config(config_path, "train", overrides), resume)
-        import json
-
+        dist.destroy_process_group()  # as each rank does (train/recipe.py's main)
         print(json.dumps(result))
         return 0
     from speculators_kit.train.ds import free_port

@@ -418,8 +418,7 @@ def main(argv=None, early: list[int] | None = None) -> int:
         _report(err)
         return 1
     finally:
-        # Gloo's peers are told while every rank is here; what outlives it, train/rank.py's
-        # exit skips (a rank aborted in the interpreter's teardown with it left alive).
+        # Gloo's threads end here, while the interpreter is whole (see ds.init_distributed).
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0

@@ -1,5 +1,6 @@
-"""A rank's exit (train/rank.py's `end`) skips the interpreter's teardown, so it must itself
-keep what a normal exit does: the exit code, Python's exit handlers, buffered output."""
+"""A finished rank lets its process group go before exit, and its exit (train/rank.py's `end`)
+skips the interpreter's teardown, so it must itself keep what a normal exit does: the exit
+code, Python's exit handlers, buffered output."""
 
 import os
 import subprocess
@@ -19,3 +20,22 @@ def test_a_rank_exits_with_its_code_after_the_exit_handlers_and_flushed_output(t
     assert done.returncode == 3, done.stderr
     assert done.stdout == "the result line"
     assert (tmp_path / "ran").read_text() == "yes"
+
+
+def test_the_process_group_is_gone_after_destroy_even_once_torch_distributed_nn_is_imported():
+    """Before, DeepSpeed's later import of torch.distributed.nn kept the group alive as its
+    functions' `group` default, into the interpreter's teardown, where a rank aborted."""
+    script = ("import gc, weakref\n"
+              "import torch.distributed as dist\n"
+              "from speculators_kit.train.ds import init_distributed\n"
+              "init_distributed()\n"
+              "import torch.distributed.nn\n"  # what DeepSpeed does once training runs
+              "group = weakref.ref(dist.distributed_c10d._get_default_group())\n"
+              "dist.destroy_process_group()\n"
+              "gc.collect()\n"
+              "print('alive' if group() is not None else 'gone')\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-c", script], env=env | {"DS_ACCELERATOR": "cpu"},
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "gone"

@@ -77,7 +77,7 @@ BUDGETS = {
              # (draft_vocab_lead_ins.*): kept because it is what the published 3.09 was trained with
              "draft_vocab": 16384,
              # measured on a 2-core Zen 4 (2026-12-07): stores 5-6.5 h (one restart), training 3.6 h,
-             # eval 0.6 h; AVX2-only is the small budget's 3x, not measured
+             # eval 0.6 h; AVX2-only is the small budget's 3.3x, not measured
              "wall": "~10 h on 2 AVX-512 cores, ~30 h or more on 2 AVX2-only ones"},
 }
 TARGET = "smollm2-135m-instruct"

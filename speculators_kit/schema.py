@@ -210,6 +210,12 @@ class LossSection(Strict):
     # top `align` tokens (1: what a greedy chain needs); the others are states serving never
     # reaches. 0 = off (every position trains every step)
     align: int = Field(0, ge=0, le=64)
+    # feature alignment (EAGLE-1's regression, as HASS keeps it beside the distillation): in
+    # training, adds this weight times the squared error of each step's vector for the lm_head
+    # (the draft's normed output), relative to the squared norm of the target's normed last layer
+    # at the predicted position. The two share the lm_head, so this matches the target's logits
+    # over the whole vocabulary, not only the draft vocabulary's probabilities. 0 = off
+    feature_weight: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _weights_per_step(self):

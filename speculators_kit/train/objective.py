@@ -43,6 +43,7 @@ class DraftTrainModule(nn.Module):
         self.all_tokens = loss_cfg.tokens == "all"
         self.noise = loss_cfg.feature_noise
         self.align = loss_cfg.align
+        self.feature_weight = loss_cfg.feature_weight
         if loss_cfg.dropout:  # hooks, so the head (and what vLLM serves) has no dropout in it
             for layer in head.layers:
                 for part in (layer.self_attn.o_proj, layer.mlp):
@@ -94,14 +95,17 @@ class DraftTrainModule(nn.Module):
                                           positions=None if pos is None else pos[:, :-1],
                                           doc_ids=None if doc is None else doc[:, :-1], logits=False,
                                           rows=layer_rows(trained_rows))
-        target_p, plogp, where = self._target_probs(hidden[..., -1, :] if eagle3 else clean, trained_rows,
+        target_p, plogp, where, target_x = self._target_probs(hidden[..., -1, :] if eagle3 else clean, trained_rows,
                                                     normed=not eagle3)
         total, matches, kept = 0.0, [], None
         for j, (out, (trained, mask)) in enumerate(zip(outputs, masks)):
-            logits = self.head.compute_logits(out[:, : trained.shape[1]][trained]).float()
+            read = out[:, : trained.shape[1]][trained]
+            logits = self.head.compute_logits(read).float()
             tgt = target_p[where[j]]
             if j < self.steps:
                 loss = self._loss(logits, tgt, plogp[where[j]])
+                if self.feature_weight and self.training:
+                    loss = loss + self.feature_weight * _relative_error(read, target_x[where[j]])
                 if self.align and self.training:
                     if kept is not None:  # over all rows still: step j weighs P(chain kept to j)
                         loss = loss * kept[trained]
@@ -149,8 +153,9 @@ class DraftTrainModule(nn.Module):
     @torch.no_grad()
     def _target_probs(self, last: torch.Tensor, rows: list[torch.Tensor], normed: bool = False):
         """The target's fp32 probabilities p [N, Vd] and sum(p log p) [N] at each position some
-        step's rows predict (once each: positions overlap across steps), and per step the index
-        into them of each of its rows. `last` is the pre-norm last layer, or normed already."""
+        step's rows predict (once each: positions overlap across steps), per step the index into
+        them of each of its rows, and the normed last layer [N, H] the target's lm_head read
+        there. `last` is the pre-norm last layer, or normed already."""
         bsz, seq = last.shape[:2]
         need = torch.zeros(bsz, seq, dtype=torch.bool, device=last.device)
         for j, r in enumerate(rows):
@@ -166,7 +171,7 @@ class DraftTrainModule(nn.Module):
         for j, r in enumerate(rows):
             b, t = r.nonzero(as_tuple=True)
             where.append(slot[b * seq + 1 + j + t])
-        return p, _row_dot(p, logp), where
+        return p, _row_dot(p, logp), where, x
 
     def _loss(self, logits: torch.Tensor, target_p: torch.Tensor, plogp: torch.Tensor) -> torch.Tensor:
         """[N, Vd] fp32 draft logits, target probabilities, [N] their sum(p log p) -> [N] losses."""
@@ -218,6 +223,12 @@ class SoftTargetKL(torch.autograd.Function):
         logits, p, lse = ctx.saved_tensors
         g = (logits - lse.unsqueeze(-1)).exp_().sub_(p)
         return g.mul_(grad.unsqueeze(-1)), None, None
+
+
+def _relative_error(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """[N, H] vectors vs [N, H] targets -> [N] squared errors over the targets' squared norms."""
+    x, target = x.float(), target.float()
+    return (x - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp(min=1e-12)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -154,6 +154,45 @@ def test_align_trains_only_the_chains_the_draft_kept(tiny_llama, align):
     assert torch.equal(modules[0](batch)[0], modules[1](batch)[0])  # the held-out loss is unchanged
 
 
+def naive_feature_error(head, model, batch, steps):
+    """Per step, the mean over trained (answer) positions of |v - n|^2 / |n|^2: v the draft's
+    vector for the lm_head at t, n the target's normed last layer at t + 1 + j."""
+    ids, valid, answer = batch["token_ids"], batch["valid"], batch["dist_mask"]
+    outputs = head.forward_train(ids[:, 1:], batch["hidden"][..., :-1, :].flatten(-2)[:, :-1], steps,
+                                 attention_mask=valid[:, 1:], logits=False)
+    normed = model.model.norm(batch["hidden"][..., -1, :])
+    means = []
+    for j, out in enumerate(outputs):
+        errors = [(out[b, t] - normed[b, t + 1 + j]).pow(2).sum() / normed[b, t + 1 + j].pow(2).sum()
+                  for b in range(ids.shape[0]) for t in range(ids.shape[1] - 1 - j)
+                  if valid[b, t + 1 + j] and answer[b, t + 1 + j]]
+        means.append(torch.stack(errors).mean())
+    return means
+
+
+def test_feature_weight_adds_the_error_against_the_targets_normed_last_layer(tiny_llama):
+    cfg = draft_config_for_target(tiny_llama, "eagle3", 1, 96, [1, 2], 3)
+    head = init_draft(cfg, tiny_llama, "random", seed=1)
+    draft_ids = select_draft_vocab(torch.arange(256).flip(0), 96, [2])
+    apply_draft_vocab(head, draft_ids)
+    batch, model = batch_for(tiny_llama, [12, 9], answer_from=4, layer_ids=[1, 2, 4])
+    modules = [DraftTrainModule(head, Path(tiny_llama), LossSection(ttt_steps=2, feature_weight=w))
+               for w in (0.0, 0.5)]
+    loss = modules[1](batch)[0]
+    kl = naive_loss(modules[0], model, batch, "kl", 2, [1.0, 1.0], draft_ids)
+    expected = kl + 0.5 * sum(naive_feature_error(head, model, batch, 2)) / 2  # uniform step weights
+    assert torch.allclose(loss, expected.float(), rtol=1e-4), (loss, expected)
+    assert not torch.allclose(loss, kl.float(), rtol=1e-2)
+    expected.backward()  # and its gradients are autograd's through the reference
+    reference_grad = head.fc.weight.grad.clone()
+    head.zero_grad()
+    loss.backward()
+    assert torch.allclose(head.fc.weight.grad, reference_grad, rtol=1e-3, atol=1e-7)
+    for m in modules:
+        m.eval()
+    assert torch.equal(modules[0](batch)[0], modules[1](batch)[0])  # the held-out loss is the KL alone
+
+
 def test_tau_estimate_from_chain_counts():
     # three chains of k=3: accepted 0, 2 and 3 tokens; a fourth position is not a full chain
     match = [torch.tensor([[False, True, True, True]]), torch.tensor([[True, True, True, False]]),

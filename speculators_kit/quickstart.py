@@ -140,7 +140,7 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
     from speculators_kit.eval.run import evaluate
     from speculators_kit.target.embedded import prepare
     from speculators_kit.train import checkpoint
-    from speculators_kit.train.recipe import run_training
+    from speculators_kit.train.launch import train_here
 
     out, b = Path(out).expanduser().resolve(), BUDGETS[budget]
     if gsm8k and not Path(gsm8k).expanduser().is_file():  # before the target is built
@@ -168,7 +168,7 @@ def run(out: str, budget: str = "small", gsm8k: str | None = None) -> dict:
             log(f"3/4 train: done ({last})")
         else:
             log(f"3/4 train: {b['steps']} steps -> {out / 'train' / 'draft'}")
-            run_training(cfg, resume=last is not None)
+            train_here(cfg, resume=last is not None)
     draft = out / "train" / "draft"
     with clock("eval"):
         log(f"4/4 eval: MT-bench, {b['eval_prompts']} prompts, k={b['k']}")

@@ -19,18 +19,28 @@ RANK_MODULE = "speculators_kit.train.rank"  # the module each rank runs
 RANK_ERRORS = "SPECKIT_RANK_ERRORS"  # the folder where launched ranks leave their error for speckit
 
 
+def train_here(cfg, resume: bool) -> dict:
+    """Train in this process (`speckit train` without --nproc, and the quickstart), then end its
+    one-member group, as each launched rank does (train/recipe.py's main), also after an error:
+    a group left to the interpreter's teardown can abort the process there (see ds.init_distributed)."""
+    import torch.distributed as dist
+
+    from speculators_kit.train.recipe import run_training
+
+    try:
+        return run_training(cfg, resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hostfile: str | None) -> int:
     if nproc == 1 and hostfile is None:
         import json
 
-        import torch.distributed as dist
-
         from speculators_kit.schema import load_config
-        from speculators_kit.train.recipe import run_training
 
-        result = run_training(load_config(config_path, "train", overrides), resume)
-        dist.destroy_process_group()  # as each rank does (train/recipe.py's main)
-        print(json.dumps(result))
+        print(json.dumps(train_here(load_config(config_path, "train", overrides), resume)))
         return 0
     from speculators_kit.train.ds import free_port
 

@@ -39,3 +39,20 @@ def test_the_process_group_is_gone_after_destroy_even_once_torch_distributed_nn_
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "gone"
+
+
+def test_training_in_this_process_leaves_no_group_behind(train_config):
+    """`speckit train` without --nproc and the quickstart train in their own process; the
+    quickstart used to keep its group to the end, into the interpreter's teardown."""
+    script = ("import sys\n"
+              "import torch.distributed as dist\n"
+              "from speculators_kit.schema import load_config\n"
+              "from speculators_kit.train.launch import train_here\n"
+              "result = train_here(load_config(sys.argv[1], 'train', []), False)\n"
+              "print(result['step'], dist.is_initialized())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-c", script, str(train_config(train={"max_steps": 2}))],
+                          env=env | {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "2 False"

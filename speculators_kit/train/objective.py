@@ -95,8 +95,8 @@ class DraftTrainModule(nn.Module):
                                           positions=None if pos is None else pos[:, :-1],
                                           doc_ids=None if doc is None else doc[:, :-1], logits=False,
                                           rows=layer_rows(trained_rows))
-        target_p, plogp, where, target_x = self._target_probs(hidden[..., -1, :] if eagle3 else clean, trained_rows,
-                                                    normed=not eagle3)
+        last = hidden[..., -1, :] if eagle3 else clean
+        target_p, plogp, where, target_x = self._target_probs(last, trained_rows, normed=not eagle3)
         total, matches, kept = 0.0, [], None
         for j, (out, (trained, mask)) in enumerate(zip(outputs, masks)):
             read = out[:, : trained.shape[1]][trained]

@@ -114,7 +114,8 @@ def train_config(out: Path, b: dict, suffixes: list[str]) -> dict:
            "draft": {"arch": "eagle3", "num_layers": 1, "draft_vocab_size": b["draft_vocab"],
                      "init": b["init"], "num_speculative_tokens": b["k"]},
            # ttt_steps 5 (the served k) trailed 3 on held-out τ at equal steps, at 1.69x the step
-           # time (benchmarks/results/ttt_steps_5.*)
+           # time (benchmarks/results/ttt_steps_5.*); 2 trailed held out and was level on MT-bench,
+           # at 0.74x (ttt_steps_2_lead_ins.*)
            "loss": {"kind": "kl", "ttt_steps": 3, "step_weights": "uniform", "tokens": b["loss_on"]},
            "optim": {"lr": b["lr"], "warmup_steps": b["warmup"], **b.get("optim", {})},
            "train": {"max_steps": b["steps"], "micro_batch_tokens": b["tokens"],

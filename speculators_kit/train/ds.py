@@ -84,6 +84,13 @@ def init_distributed() -> tuple[int, int]:
     return rank, world
 
 
+def end_distributed() -> None:
+    """End this process's group, if it has one, while the interpreter is whole: gloo's threads
+    left to its teardown now and then aborted a finished process there."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def _unlink_allreduce_buffer(rank: int) -> None:
     """DeepSpeed's CPU all-reduce maps one 66 MB /dev/shm segment per rank and never unlinks it:
     each run of 2 ranks left 132 MB of RAM in /dev/shm until reboot (14 GB here after a day of

@@ -23,15 +23,13 @@ def train_here(cfg, resume: bool) -> dict:
     """Train in this process (`speckit train` without --nproc, and the quickstart), then end its
     one-member group, as each launched rank does (train/recipe.py's main), also after an error:
     a group left to the interpreter's teardown can abort the process there (see ds.init_distributed)."""
-    import torch.distributed as dist
-
+    from speculators_kit.train.ds import end_distributed
     from speculators_kit.train.recipe import run_training
 
     try:
         return run_training(cfg, resume)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_distributed()
 
 
 def launch(config_path: str, overrides: list[str], nproc: int, resume: bool, hostfile: str | None) -> int:

@@ -403,6 +403,7 @@ def run_training(cfg, resume: bool = False, stop: StopRequest | None = None) -> 
 def main(argv=None, early: list[int] | None = None) -> int:
     """Each launched process's training (train/rank.py: `early`, the stop requests it took first)."""
     from speculators_kit.schema import load_config
+    from speculators_kit.train.ds import end_distributed
 
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
@@ -418,9 +419,7 @@ def main(argv=None, early: list[int] | None = None) -> int:
         _report(err)
         return 1
     finally:
-        # Gloo's threads end here, while the interpreter is whole (see ds.init_distributed).
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        end_distributed()
     return 0
 
 
